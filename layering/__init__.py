@@ -1,0 +1,42 @@
+"""The layered-resolution method as a pure numpy library.
+
+No I/O, no orchestration: partitions, orderings, layered products with guaranteed bounds,
+layered network inference and decision rules.
+
+Examples
+--------
+>>> import numpy as np
+>>> from layered.layering import Partition, layered_matmul
+>>> W = np.arange(12.0).reshape(3, 4); X = np.ones((4, 2))
+>>> p = Partition.auto(W, bits=(2, 2))
+>>> results = list(layered_matmul(W, X, p, Partition.auto(X, bits=(1, 1))))
+>>> np.array_equal(results[-1].estimate, W @ X)
+True
+"""
+
+from .kernel import NumpyKernel, ProductKernel
+from .ordering import ORDERING_NAMES, Ordering, resolve_ordering
+from .partition import Components, Partition, PartitionRangeError
+from .product import (
+    BOUND_KINDS,
+    LayeredResult,
+    SplitOperand,
+    layered_matmul,
+    static_bound,
+)
+
+__all__ = [
+    "BOUND_KINDS",
+    "Components",
+    "LayeredResult",
+    "NumpyKernel",
+    "ORDERING_NAMES",
+    "Ordering",
+    "Partition",
+    "PartitionRangeError",
+    "ProductKernel",
+    "SplitOperand",
+    "layered_matmul",
+    "resolve_ordering",
+    "static_bound",
+]

@@ -1,0 +1,61 @@
+"""The product kernel: the one seam where component products are computed.
+
+A kernel multiplies two arrays of small signed integers (the digits of one W component and
+one X component) and returns their exact integer product as float64. The choice of
+arithmetic is the kernel's; it is told a guaranteed upper bound on every partial sum so it
+can pick one that is exact. Faster backends (int8 GEMM, GPU) implement the same two methods.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["ProductKernel", "NumpyKernel", "exact_dtype", "FLOAT32_EXACT", "FLOAT64_EXACT"]
+
+# Integers up to these magnitudes are represented exactly, and so is every partial sum of a
+# dot product that stays below them, in whatever order BLAS adds.
+FLOAT32_EXACT = 2**24
+FLOAT64_EXACT = 2**53
+INT64_EXACT = 2**63
+
+
+def exact_dtype(max_partial_sum: int) -> np.dtype:
+    """The cheapest dtype in which a dot product with this bound on |partial sums| is exact."""
+    if max_partial_sum < FLOAT32_EXACT:
+        return np.dtype(np.float32)
+    if max_partial_sum < FLOAT64_EXACT:
+        return np.dtype(np.float64)
+    if max_partial_sum < INT64_EXACT:
+        return np.dtype(np.int64)
+    raise OverflowError(
+        f"component products may reach {max_partial_sum}, beyond exact int64 arithmetic;"
+        " use more, narrower components"
+    )
+
+
+class ProductKernel(Protocol):
+    """What a product backend provides."""
+
+    name: str
+
+    def prepare(self, digits: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """Convert one component's digits to the operand form ``product`` expects."""
+        ...
+
+    def product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``a @ b`` for prepared operands of the same dtype; exact by construction."""
+        ...
+
+
+class NumpyKernel:
+    """BLAS through numpy: float32 while partial sums stay below 2**24, else float64/int64."""
+
+    name = "numpy"
+
+    def prepare(self, digits: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        return np.ascontiguousarray(digits, dtype=dtype)
+
+    def product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.matmul(a, b)
