@@ -20,6 +20,9 @@ FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
 INT64_EXACT = 2**63
 
+# Row blocks for reading one operand once against several others: about half an L2 cache.
+_PANEL_BLOCK_BYTES = 1 << 22
+
 
 def exact_dtype(max_partial_sum: int) -> np.dtype:
     """The cheapest dtype in which a dot product with this bound on |partial sums| is exact."""
@@ -48,6 +51,10 @@ class ProductKernel(Protocol):
         """``a @ b`` for prepared operands of the same dtype; exact by construction."""
         ...
 
+    def products(self, a: np.ndarray, bs: list[np.ndarray]) -> list[np.ndarray]:
+        """``[a @ b for b in bs]``, reading ``a`` from memory once where it can."""
+        ...
+
 
 class NumpyKernel:
     """BLAS through numpy: float32 while partial sums stay below 2**24, else float64/int64."""
@@ -59,3 +66,15 @@ class NumpyKernel:
 
     def product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.matmul(a, b)
+
+    def products(self, a: np.ndarray, bs: list[np.ndarray]) -> list[np.ndarray]:
+        # Row blocks of `a` small enough to stay in cache serve every b in turn, so a
+        # memory-bound product reads `a` once. (One GEMM against the side-by-side bs would
+        # too, but BLAS is much slower for a thin GEMM than for repeated GEMVs.)
+        outs = [np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b)) for b in bs]
+        rows = max(1, _PANEL_BLOCK_BYTES // max(1, a.shape[1] * a.itemsize))
+        for start in range(0, a.shape[0], rows):
+            block = a[start : start + rows]
+            for b, out in zip(bs, outs, strict=True):
+                np.matmul(block, b, out=out[start : start + rows])
+        return outs

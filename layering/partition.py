@@ -30,6 +30,10 @@ __all__ = ["Partition", "PartitionRangeError", "Components"]
 # partition (p_0 - p_m bits) must fit in a signed 64-bit integer.
 _MAX_SPAN_BITS = 62
 
+# Elements per block when splitting: large enough to amortise numpy call overhead, small
+# enough that the temporaries stay in cache.
+_BLOCK = 1 << 16
+
 
 class PartitionRangeError(ValueError):
     """A value does not fit the range ``|a| < 2**p_0`` of a partition."""
@@ -203,7 +207,7 @@ class Partition:
         if np.any(over):
             idx = _first_index(over)
             raise PartitionRangeError(
-                f"{name}{_fmt_index(idx)} = {arr[idx]!r} is out of range for partition"
+                f"{name}{_fmt_index(idx)} = {float(arr[idx])!r} is out of range for partition"
                 f" {self.points}: |value| must be < 2^p_0 = 2^{self.points[0]} = {self.limit:g}"
                 f" ({int(over.sum())} value(s) out of range; pass clip=True to clip and count"
                 " them instead)"
@@ -233,22 +237,36 @@ class Partition:
             magnitude and counted (``Components.clipped``) instead of raising.
         name : str
             Name of the operand, used in error messages.
+
+        Notes
+        -----
+        With ``T_k = trunc(a / 2**p_k)`` (exact in float64), the signed digit of component
+        ``i`` is ``T_{i+1} - 2**(p_i - p_{i+1}) * T_i`` and ``T_0 = 0`` for in-range values.
+        The work is done in cache-sized blocks, so splitting costs a few passes over ``a``
+        and no full-size temporaries.
         """
+        arr = np.asarray(a)
+        n_clipped = 0
         if clip:
-            arr, n_clipped = self.clip(a, name)
-        else:
-            arr, n_clipped = self.check(a, name), 0
-        # |a| / 2**p_m is exact (power-of-two scaling); floor truncates toward zero.
-        q = np.floor(np.ldexp(np.abs(arr), -self.points[-1])).astype(np.int64)
-        negative = np.signbit(arr)
-        digits = []
-        for i, width in enumerate(self.widths):
-            shift = self.points[i + 1] - self.points[-1]
-            n_i = (q >> shift) & ((1 << width) - 1)
-            dtype = _digit_dtype(width)
-            d = n_i.astype(dtype)
-            digits.append(np.where(negative, -d, d).astype(dtype, copy=False))
-        return Components(digits, self.exponents, self.widths, n_clipped)
+            arr, n_clipped = self.clip(arr, name)
+        flat = _as_numeric(arr, name).reshape(-1)
+        digits = [np.empty(flat.shape, dtype=_digit_dtype(w)) for w in self.widths]
+        scales = [math.ldexp(1.0, -p) for p in self.points[1:]]
+        for start in range(0, flat.size, _BLOCK):
+            block = flat[start : start + _BLOCK].astype(np.float64, copy=False)
+            top = float(np.max(np.abs(block))) if block.size else 0.0
+            if not top < self.limit:  # also catches NaN
+                self.check(arr, name)  # raises, naming the offending value
+            previous: np.ndarray | None = None
+            for i, (width, scale) in enumerate(zip(self.widths, scales, strict=True)):
+                t = np.trunc(block * scale)
+                digit = t if previous is None else t - previous * float(1 << width)
+                digits[i][start : start + _BLOCK] = digit
+                previous = t
+        shape = np.shape(arr)
+        return Components(
+            [d.reshape(shape) for d in digits], self.exponents, self.widths, n_clipped
+        )
 
     def split(self, a: npt.ArrayLike, *, clip: bool = False) -> list[np.ndarray]:
         """Split ``a`` into ``m`` float64 component arrays whose sum is ``truncate(a)``.
@@ -303,7 +321,8 @@ def _digit_dtype(width: int) -> type[np.signedinteger]:
     return np.int64
 
 
-def _as_finite_array(a: npt.ArrayLike, name: str) -> np.ndarray:
+def _as_numeric(a: npt.ArrayLike, name: str) -> np.ndarray:
+    """``a`` as an array of a real numeric dtype (no copy when it already is one)."""
     arr = np.asarray(a)
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
@@ -311,12 +330,16 @@ def _as_finite_array(a: npt.ArrayLike, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64, copy=False)
+    return arr
+
+
+def _as_finite_array(a: npt.ArrayLike, name: str) -> np.ndarray:
+    arr = _as_numeric(a, name).astype(np.float64, copy=False)
     finite = np.isfinite(arr)
     if not np.all(finite):
         idx = _first_index(~finite)
         raise ValueError(
-            f"{name}{_fmt_index(idx)} = {arr[idx]!r} is not finite"
+            f"{name}{_fmt_index(idx)} = {float(arr[idx])!r} is not finite"
             f" ({int((~finite).sum())} NaN/inf value(s) in {name})"
         )
     return arr

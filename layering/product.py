@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from .kernel import NumpyKernel, ProductKernel, exact_dtype
+from .kernel import NumpyKernel, ProductKernel
 from .ordering import Ordering, resolve_ordering
 from .partition import Components, Partition
+from .plan import ProductPlan, choose_reuse
 
 __all__ = [
     "SplitOperand",
@@ -78,7 +79,7 @@ class SplitOperand:
         self.partition = partition
         self.shape: tuple[int, int] = (int(arr.shape[0]), int(arr.shape[1]))
         self.components: Components = partition.components(arr, clip=clip, name=name)
-        self._prepared: dict[tuple[int, str], np.ndarray] = {}
+        self._prepared: dict[tuple[object, ...], np.ndarray] = {}
         self._abs_max: float | None = None
 
     @property
@@ -86,9 +87,18 @@ class SplitOperand:
         return self.components.clipped
 
     def prepared(self, i: int, dtype: np.dtype, kernel: ProductKernel) -> np.ndarray:
-        key = (i, f"{kernel.name}:{dtype.str}")
+        key = ("digits", i, kernel.name, dtype.str)
         if key not in self._prepared:
             self._prepared[key] = kernel.prepare(self.components.digits[i], dtype)
+        return self._prepared[key]
+
+    def prepared_sum(self, a: int, b: int, dtype: np.dtype, kernel: ProductKernel) -> np.ndarray:
+        """Digits of components ``a`` and ``b`` added (unscaled), prepared for the kernel."""
+        key = ("sum", a, b, kernel.name, dtype.str)
+        if key not in self._prepared:
+            digits = self.components.digits
+            summed = digits[a].astype(np.int64) + digits[b].astype(np.int64)
+            self._prepared[key] = kernel.prepare(summed, dtype)
         return self._prepared[key]
 
     def max_digit(self, i: int) -> int:
@@ -97,7 +107,7 @@ class SplitOperand:
 
     def abs_stats(self, i: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
         """(sum, max) of |component i| along ``axis``, in real units (exact float64)."""
-        key = (i, f"stats{axis}")
+        key = ("stats", i, axis)
         if key not in self._prepared:
             mag = np.abs(self.components.digits[i].astype(np.float64))
             scale = math.ldexp(1.0, self.components.exponents[i])
@@ -141,7 +151,9 @@ class LayeredResult:
         Cost of this resolution in the bit-operation model (a b1-bit by b2-bit multiply
         costs b1*b2), ``M*K*N*Σ b^W_i b^X_j`` over the added pairs.
     flops : int
-        Floating-point (or integer) multiply-adds actually executed, times two.
+        Floating-point (or integer) multiply-adds actually executed, times two. A product
+        plan may compute a later resolution's product early (see :mod:`.plan`), so a
+        resolution can report more or fewer flops than its own pairs need.
     exact : bool
         Whether every step was exact arithmetic (so the final estimate equals the
         truncated one-shot product bit for bit).
@@ -168,7 +180,9 @@ class LayeredResult:
         return float(np.max(self.bound))
 
 
-def static_bound(pw: Partition, px: Partition, inner: int, pairs: Iterable[tuple[int, int]]) -> float:
+def static_bound(
+    pw: Partition, px: Partition, inner: int, pairs: Iterable[tuple[int, int]]
+) -> float:
     """``inner * Σ c^W_i c^X_j`` over ``pairs``: the static bound of METHOD §3."""
     return float(
         inner * sum(pw.component_bound(i) * px.component_bound(j) for i, j in pairs)
@@ -208,6 +222,7 @@ def layered_matmul(
     bound: str = "data",
     clip: bool = False,
     kernel: ProductKernel | None = None,
+    reuse: str = "auto",
 ) -> Iterator[LayeredResult]:
     """Compute ``W @ X`` in successive resolutions.
 
@@ -229,6 +244,10 @@ def layered_matmul(
         Clip values outside a partition's range (and count them) instead of raising.
     kernel : ProductKernel, optional
         The product backend (default: numpy BLAS).
+    reuse : {"auto", "none", "karatsuba", "panel"}
+        How the exact component products are obtained (see :mod:`.plan`); every choice
+        gives bit-identical estimates. ``"auto"`` reads each W component once for thin X
+        and uses Karatsuba's identity otherwise.
 
     Yields
     ------
@@ -249,7 +268,7 @@ def layered_matmul(
     """
     if bound not in BOUND_KINDS:
         raise ValueError(f"unknown bound kind {bound!r}; use one of {BOUND_KINDS}")
-    w_shape, x_shape = np.shape(_shape_source(W)), np.shape(_shape_source(X))
+    w_shape, x_shape = _shape_of(W), _shape_of(X)
     _check_shapes(w_shape, x_shape)
     order = resolve_ordering(ordering, pw, px)
     w = _as_split(W, pw, clip, "W")
@@ -261,16 +280,11 @@ def layered_matmul(
     w_drop, w_abs = _truncation_drop(W, pw)
     x_drop, x_abs = _truncation_drop(X, px)
     trunc = truncation_bound(k, w_drop, x_drop, w_abs, x_abs)
+    plan = ProductPlan(w, x, order, kernel, choose_reuse(reuse, n, px.m))
     omega = np.zeros((m, n), dtype=np.float64)
     for r, group in enumerate(order.groups, start=1):
-        dtypes = []
-        flops = 0
-        for i, j in group:
-            dtype = exact_dtype(k * w.max_digit(i) * x.max_digit(j))
-            prod = kernel.product(w.prepared(i, dtype, kernel), x.prepared(j, dtype, kernel))
-            omega += np.ldexp(prod.astype(np.float64, copy=False), pw.exponents[i] + px.exponents[j])
-            dtypes.append(dtype.name)
-            flops += 2 * m * k * n
+        added, flops, dtypes = plan.resolution(r - 1)
+        omega += added
         remaining = order.remaining(r)
         yield LayeredResult(
             resolution=r,
@@ -283,14 +297,12 @@ def layered_matmul(
             bit_ops=m * k * n * sum(pw.widths[i] * px.widths[j] for i, j in group),
             flops=flops,
             exact=exact,
-            dtypes=tuple(dtypes),
+            dtypes=dtypes,
         )
 
 
-def _shape_source(a: npt.ArrayLike | SplitOperand) -> object:
-    if isinstance(a, SplitOperand):
-        return np.empty(a.shape, dtype=np.int8)
-    return a
+def _shape_of(a: npt.ArrayLike | SplitOperand) -> tuple[int, ...]:
+    return a.shape if isinstance(a, SplitOperand) else np.shape(a)
 
 
 def _check_shapes(w_shape: tuple[int, ...], x_shape: tuple[int, ...]) -> None:
@@ -321,7 +333,9 @@ def _truncation_drop(a: npt.ArrayLike | SplitOperand, p: Partition) -> tuple[flo
     return (0.0 if on_grid else p.resolution), float(mag.max())
 
 
-def _bound(w: SplitOperand, x: SplitOperand, remaining: Sequence[tuple[int, int]], kind: str) -> np.ndarray:
+def _bound(
+    w: SplitOperand, x: SplitOperand, remaining: Sequence[tuple[int, int]], kind: str
+) -> np.ndarray:
     if not remaining:
         return np.zeros((1, 1)) if kind == "data" else np.asarray(0.0)
     if kind == "static":

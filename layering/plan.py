@@ -1,0 +1,175 @@
+"""Product plans: how the component products of each resolution are obtained.
+
+The estimate of every resolution is fixed by the ordering; a plan only decides which
+exact integer GEMMs produce it, and keeps a product computed early until the resolution
+that adds it. Three strategies:
+
+``"none"``
+    one GEMM per component pair, when its resolution comes.
+``"karatsuba"``
+    a resolution that adds both ``(a, b)`` and ``(b, a)`` gets their sum from one GEMM,
+    ``(W_a + W_b)(X_a + X_b) - W_a X_a - W_b X_b``, reusing the diagonal products (computed
+    once, kept for the resolution that adds them). For the 2x2 anti-diagonal ordering this
+    is 3 GEMMs instead of 4, and the last resolution costs nothing. It applies when both
+    terms share one scale (``p^W_a - p^W_b = p^X_a - p^X_b``) and the summed digits keep
+    the same exact arithmetic.
+``"panel"``
+    for a thin X (memory-bound products), a W component read after the first resolution
+    is multiplied by every X component still needed while it is in cache, so it is read
+    from memory once. The first resolution computes only its own product, to keep the
+    time to the first estimate minimal.
+
+All strategies give bit-identical estimates: every product is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernel import ProductKernel, exact_dtype
+from .ordering import Ordering
+
+__all__ = ["ProductPlan", "REUSE_STRATEGIES", "choose_reuse"]
+
+REUSE_STRATEGIES = ("auto", "none", "karatsuba", "panel")
+
+# X narrower than this (columns times components) makes W @ X memory-bound: reading a
+# W component dominates, so multiplying it by all X components at once is nearly free.
+_PANEL_MAX_COLUMNS = 8
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Add the product of pair (a, b), or with ``symmetric`` the pairs (a, b) and (b, a)."""
+
+    a: int
+    b: int
+    symmetric: bool = False
+
+
+def choose_reuse(reuse: str, n_columns: int, m_x: int) -> str:
+    """Resolve ``"auto"``: panel for thin X, Karatsuba otherwise."""
+    if reuse not in REUSE_STRATEGIES:
+        raise ValueError(f"unknown reuse strategy {reuse!r}; use one of {REUSE_STRATEGIES}")
+    if reuse != "auto":
+        return reuse
+    return "panel" if n_columns * m_x <= _PANEL_MAX_COLUMNS else "karatsuba"
+
+
+class ProductPlan:
+    """Exact digit-unit component products for each resolution of an ordering.
+
+    Parameters
+    ----------
+    w, x : SplitOperand
+        The split operands.
+    order : Ordering
+    kernel : ProductKernel
+    reuse : {"none", "karatsuba", "panel"}
+    """
+
+    def __init__(self, w, x, order: Ordering, kernel: ProductKernel, reuse: str) -> None:
+        self.w, self.x, self.kernel, self.reuse = w, x, kernel, reuse
+        self.inner = w.shape[1]
+        self.steps = [self._plan_group(group) for group in order.groups]
+        # the last resolution at which each product is used; it is dropped after that
+        self._last_use: dict[tuple[int, int], int] = {}
+        for r, steps in enumerate(self.steps):
+            for step in steps:
+                for pair in self._uses(step):
+                    self._last_use[pair] = r
+        self._kept: dict[tuple[int, int], np.ndarray] = {}
+
+    # ------------------------------------------------------------------ planning
+    def _dtype(self, max_w: int, max_x: int) -> np.dtype:
+        return exact_dtype(self.inner * max_w * max_x)
+
+    def _symmetric_ok(self, a: int, b: int) -> bool:
+        ew, ex = self.w.components.exponents, self.x.components.exponents
+        if ew[a] - ew[b] != ex[a] - ex[b]:
+            return False
+        wa, wb, xa, xb = (self.w.max_digit(a), self.w.max_digit(b),
+                          self.x.max_digit(a), self.x.max_digit(b))
+        pair_dtype = exact_dtype(self.inner * max(wa * xb, wb * xa))
+        return self._dtype(wa + wb, xa + xb) == pair_dtype
+
+    def _plan_group(self, group: tuple[tuple[int, int], ...]) -> list[_Step]:
+        pending = list(group)
+        steps: list[_Step] = []
+        if self.reuse == "karatsuba":
+            for a, b in group:
+                if a < b and (b, a) in pending and self._symmetric_ok(a, b):
+                    steps.append(_Step(a, b, symmetric=True))
+                    pending.remove((a, b))
+                    pending.remove((b, a))
+        steps.extend(_Step(i, j) for i, j in pending)
+        return steps
+
+    @staticmethod
+    def _uses(step: _Step) -> list[tuple[int, int]]:
+        if step.symmetric:
+            return [(step.a, step.a), (step.b, step.b)]
+        return [(step.a, step.b)]
+
+    # ------------------------------------------------------------------ execution
+    def resolution(self, r: int) -> tuple[np.ndarray, int, tuple[str, ...]]:
+        """The scaled sum this resolution (0-based) adds, the flops executed, the dtypes used."""
+        m, n = self.w.shape[0], self.x.shape[1]
+        total = np.zeros((m, n), dtype=np.float64)
+        flops = 0
+        dtypes: list[str] = []
+        ew, ex = self.w.components.exponents, self.x.components.exponents
+        for step in self.steps[r]:
+            a, b = step.a, step.b
+            if step.symmetric:
+                dtype = self._dtype(self.w.max_digit(a) + self.w.max_digit(b),
+                                    self.x.max_digit(a) + self.x.max_digit(b))
+                s = self.kernel.product(self.w.prepared_sum(a, b, dtype, self.kernel),
+                                        self.x.prepared_sum(a, b, dtype, self.kernel))
+                flops += 2 * m * self.inner * n
+                dtypes.append(dtype.name)
+                diag = []
+                for pair in ((a, a), (b, b)):
+                    product, f, d = self._product(pair, r)
+                    diag.append(product)
+                    flops += f
+                    dtypes.extend(d)
+                part = s.astype(np.float64) - diag[0] - diag[1]
+            else:
+                part, f, d = self._product((a, b), r)
+                flops += f
+                dtypes.extend(d)
+            total += np.ldexp(part, ew[a] + ex[b])
+        return total, flops, tuple(dtypes)
+
+    def _product(self, pair: tuple[int, int], r: int) -> tuple[np.ndarray, int, list[str]]:
+        """Digit-unit product of ``pair`` as float64, computing it (and kept ones) if needed."""
+        flops: int = 0
+        dtypes: list[str] = []
+        if pair not in self._kept:
+            flops, dtypes = self._compute(pair, r)
+        product = self._kept[pair]
+        if self._last_use.get(pair, -1) <= r:
+            del self._kept[pair]
+        return product, flops, dtypes
+
+    def _compute(self, pair: tuple[int, int], r: int) -> tuple[int, list[str]]:
+        i, j = pair
+        columns = [j]
+        if self.reuse == "panel" and r > 0:
+            columns += [
+                jj for (ii, jj), last in self._last_use.items()
+                if ii == i and jj != j and last > r and (ii, jj) not in self._kept
+            ]
+        dtype = self._dtype(self.w.max_digit(i), max(self.x.max_digit(jj) for jj in columns))
+        left = self.w.prepared(i, dtype, self.kernel)
+        rights = [self.x.prepared(jj, dtype, self.kernel) for jj in columns]
+        if len(rights) == 1:
+            outs = [self.kernel.product(left, rights[0])]
+        else:
+            outs = self.kernel.products(left, rights)
+        for jj, out in zip(columns, outs, strict=True):
+            self._kept[(i, jj)] = out.astype(np.float64, copy=False)
+        return 2 * left.shape[0] * self.inner * self.x.shape[1] * len(columns), [dtype.name]
