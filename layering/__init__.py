@@ -14,7 +14,22 @@ Examples
 True
 """
 
+from .activations import HIDDEN_ACTIVATIONS, OUTPUT_FUNCTIONS, PiecewiseLinear
+from .decision import (
+    RULE_NAMES,
+    AnyOf,
+    Certified,
+    Deadline,
+    DecisionContext,
+    GrayZone,
+    LogitBounds,
+    Margin,
+    Rule,
+    predicted_class,
+    resolve_rule,
+)
 from .kernel import NumpyKernel, ProductKernel
+from .network import STOP_REASONS, InferenceResult, Network, layered_inference, one_shot_cost
 from .ordering import ORDERING_NAMES, Ordering, resolve_ordering
 from .partition import Components, Partition, PartitionRangeError
 from .product import (
@@ -22,10 +37,30 @@ from .product import (
     LayeredResult,
     SplitOperand,
     layered_matmul,
+    resolution_block,
     static_bound,
 )
 
 __all__ = [
+    "AnyOf",
+    "Certified",
+    "Deadline",
+    "DecisionContext",
+    "GrayZone",
+    "HIDDEN_ACTIVATIONS",
+    "InferenceResult",
+    "LogitBounds",
+    "Margin",
+    "Network",
+    "OUTPUT_FUNCTIONS",
+    "PiecewiseLinear",
+    "RULE_NAMES",
+    "Rule",
+    "STOP_REASONS",
+    "layered_inference",
+    "one_shot_cost",
+    "predicted_class",
+    "resolve_rule",
     "BOUND_KINDS",
     "Components",
     "LayeredResult",
@@ -37,6 +72,7 @@ __all__ = [
     "ProductKernel",
     "SplitOperand",
     "layered_matmul",
+    "resolution_block",
     "resolve_ordering",
     "static_bound",
 ]

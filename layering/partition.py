@@ -215,13 +215,22 @@ class Partition:
         return arr
 
     def clip(self, a: npt.ArrayLike, name: str = "a") -> tuple[np.ndarray, int]:
-        """Clip ``a`` to the largest representable magnitude; return it and the count clipped."""
+        """Clip values with ``|a| >= 2**p_0`` to the largest representable magnitude.
+
+        Returns the clipped array and how many values were out of range; in-range values
+        are left as they are (truncation handles them).
+
+        Examples
+        --------
+        >>> Partition((4, 0, -3)).clip([15.95, 16.0, -40.0])
+        (array([ 15.95 ,  15.875, -15.875]), 2)
+        """
         arr = _as_finite_array(a, name)
-        top = self.limit - self.resolution
-        over = np.abs(arr) > top
+        over = np.abs(arr) >= self.limit
         n = int(over.sum())
         if n:
-            arr = np.clip(arr, -top, top)
+            top = self.limit - self.resolution
+            arr = np.where(over, np.copysign(top, arr), arr)
         return arr, n
 
     # ------------------------------------------------------------------ splitting

@@ -1,0 +1,123 @@
+"""Shared fixtures."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layered.layering import Partition
+
+# The real MNIST files live beside the repository (never inside it): ../shared/data/mnist.
+SHARED_MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def shared_mnist_dir() -> Path:
+    """The shared MNIST directory (official test split, 24,345-image training prefix)."""
+    return SHARED_MNIST_DIR
+
+
+# --- Layered network inference: an independent one-shot reference (test_network, test_decision).
+# Written from the definitions of METHOD §4, not from layered.layering.network.
+_REFERENCE_HIDDEN = {
+    "relu": lambda z, alpha: np.maximum(z, 0.0),
+    "leaky-relu": lambda z, alpha: np.where(z >= 0, z, alpha * z),
+    "pl-sigmoid": lambda z, alpha: np.clip(0.25 * z + 0.5, 0.0, 1.0),
+}
+
+
+@dataclass(frozen=True)
+class ReferenceNet:
+    """Random weights plus a plain forward pass of the network truncated to r components."""
+
+    weights: tuple
+    biases: tuple
+    hidden: str
+    output: str
+    alpha: float = 0.1
+
+    def network(self):
+        from layered.layering import Network
+
+        alpha = self.alpha if self.hidden == "leaky-relu" else None
+        return Network(self.weights, self.biases, self.hidden, self.output, alpha=alpha)
+
+    def logits(self, X, px, pws, r):
+        """Last-layer Z of the one-shot pass on inputs/weights/biases cut to r components."""
+        h = px.truncate(X, r)
+        for layer, (w, b, p) in enumerate(zip(self.weights, self.biases, pws, strict=True)):
+            z = h @ p.truncate(w, r).T + p.truncate(b, r)
+            last = layer == len(self.weights) - 1
+            h = z if last else _REFERENCE_HIDDEN[self.hidden](z, self.alpha)
+        return h[:, 0] if self.output == "sigmoid" else h
+
+    def outputs(self, X, px, pws, r):
+        z = self.logits(X, px, pws, r)
+        if self.output == "sigmoid":
+            return 1.0 / (1.0 + np.exp(-z))
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predicted(self, X, px, pws, r):
+        z = self.logits(X, px, pws, r)
+        return (z >= 0).astype(int) if self.output == "sigmoid" else np.argmax(z, axis=1)
+
+
+@pytest.fixture(scope="session")
+def reference_net():
+    """Factory ``reference_net(seed, sizes, hidden, output)`` of random ReferenceNets.
+
+    Weights are uniform in ``±2/sqrt(fan_in)`` and biases in ``±0.5``, both inside
+    ``|a| < 2``, so ``Partition((1, ...))`` covers every layer.
+    """
+
+    def make(seed, sizes, hidden="relu", output="sigmoid", alpha=0.1):
+        rng = np.random.default_rng(seed)
+        weights = tuple(
+            rng.uniform(-1, 1, size=(n_out, n_in)) * (2 / np.sqrt(n_in))
+            for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        biases = tuple(rng.uniform(-0.5, 0.5, size=n_out) for n_out in sizes[1:])
+        return ReferenceNet(weights, biases, hidden, output, alpha)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def mnist_like():
+    """Factory ``mnist_like(seed, n, features=784)``: uint8/256 pixels, 70% of them 0."""
+
+    def make(seed, n, features=784):
+        rng = np.random.default_rng(seed)
+        pixels = rng.integers(0, 256, size=(n, features)) * (rng.random((n, features)) < 0.3)
+        return pixels / 256.0
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_case(reference_net):
+    """Draw a random network, inputs (some negative) and uneven partitions of equal R.
+
+    ``random_case(data, min_components=1)`` with ``data`` from ``hypothesis.strategies.data()``
+    returns ``(ref, X, input_partition, weight_partitions)``.
+    """
+    from hypothesis import strategies as st
+
+    def draw(data, min_components=1):
+        seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+        hidden = data.draw(st.sampled_from(("relu", "leaky-relu", "pl-sigmoid")), label="hidden")
+        output, n_out = data.draw(st.sampled_from((("sigmoid", 1), ("softmax", 4))), label="output")
+        depth = data.draw(st.integers(1, 3), label="depth")
+        widths = st.lists(st.integers(1, 4), min_size=min_components, max_size=5)
+        bits = data.draw(widths, label="bits")
+        rng = np.random.default_rng(seed)
+        sizes = (9, *rng.integers(1, 8, size=depth - 1).tolist(), n_out)
+        ref = reference_net(seed, sizes, hidden, output)
+        X = rng.uniform(-3.9, 3.9, size=(50, 9)) * (rng.random((50, 9)) < 0.7)
+        px = Partition.auto([3.9], bits=bits)
+        pws = [Partition.auto([1.99], bits=rng.permutation(bits).tolist()) for _ in sizes[1:]]
+        return ref, X, px, pws
+
+    return draw

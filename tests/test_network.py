@@ -1,0 +1,276 @@
+"""Layered network inference: exact incremental upgrades, active samples, costs, bad input.
+
+Every layered result is compared with an independent one-shot forward pass of the network
+truncated to r components (``reference_net`` in conftest.py).
+"""
+
+import gzip
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from layered.layering import (
+    Deadline,
+    DecisionContext,
+    Network,
+    Partition,
+    PartitionRangeError,
+    Rule,
+    layered_inference,
+    one_shot_cost,
+)
+from layered.layering.activations import leaky_relu, pl_sigmoid, relu
+
+HIDDEN = ("relu", "leaky-relu", "pl-sigmoid")
+OUTPUTS = (("sigmoid", 1), ("softmax", 5))
+
+PIXELS = Partition((0, -1, -2, -3, -4))  # one pixel bit per component (METHOD §6)
+WEIGHTS = Partition((1, -1, -3, -5, -7))  # two weight bits per component
+# METHOD §6: one bit per component, layer by layer.
+PAPER_WEIGHTS = [Partition((p, p - 1, p - 2, p - 3, p - 4)) for p in (-1, 0, 1)]
+
+
+class FreezeSamples(Rule):
+    """Freezes the given sample indices after a given resolution."""
+
+    def __init__(self, samples, at):
+        self.samples, self.at = np.asarray(samples), at
+
+    def decide(self, ctx):
+        return np.isin(ctx.samples, self.samples) & (ctx.resolution == self.at)
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize(("output", "n_out"), OUTPUTS)
+def test_each_resolution_equals_truncated_one_shot_pass(
+    reference_net, mnist_like, hidden, output, n_out
+):
+    ref = reference_net(7, (784, 20, 12, n_out), hidden, output)
+    X = mnist_like(1, 300)
+    pws = [WEIGHTS] * 3
+    results = list(layered_inference(ref.network(), X, PIXELS, pws))
+    assert [res.resolution for res in results] == [1, 2, 3, 4]
+    for res in results:
+        r = res.resolution
+        np.testing.assert_allclose(res.logits, ref.logits(X, PIXELS, pws, r), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(res.outputs, ref.outputs(X, PIXELS, pws, r), rtol=0, atol=1e-12)
+        assert res.active.all() == (r < 4)
+    assert results[-1].stop_reason == "completed"
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_uneven_partitions_and_depths_match_truncated_pass(random_case, data):
+    ref, X, px, pws = random_case(data)
+    for res in layered_inference(ref.network(), X, px, pws):
+        expected = ref.logits(X, px, pws, res.resolution)
+        np.testing.assert_allclose(res.logits, expected, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    z=st.floats(-8, 8, allow_nan=False),
+    dz=st.floats(-8, 8, allow_nan=False),
+    alpha=st.floats(0, 1),
+)
+def test_increment_equals_activation_difference(z, dz, alpha):
+    references = [
+        (relu(), lambda v: max(v, 0.0)),
+        (leaky_relu(alpha), lambda v: v if v >= 0 else alpha * v),
+        (pl_sigmoid(), lambda v: min(max(0.25 * v + 0.5, 0.0), 1.0)),
+    ]
+    for act, sigma in references:
+        got = float(act.increment(np.array([z]), np.array([dz]))[0])
+        assert got == pytest.approx(sigma(z + dz) - sigma(z), abs=1e-12)
+
+
+def test_increment_uses_the_pre_activation():
+    # METHOD §4: z = -0.5 -> z' = 0.3 gives 0.3 (feeding the post-activation 0 gives 0.8).
+    z, dz = np.array([-0.5]), np.array([0.8])
+    assert relu().increment(z, dz)[0] == pytest.approx(0.3)
+    assert leaky_relu(0.1).increment(z, dz)[0] == pytest.approx(0.3 + 0.05)
+    assert pl_sigmoid().increment(z, dz)[0] == pytest.approx(0.25 * 0.8)
+
+
+def test_relu_increment_follows_the_method_table():
+    z = np.array([-1.0, -1.0, 2.0, 2.0])
+    dz = np.array([-1.0, 3.0, -5.0, 1.5])
+    # (<0,<0) -> 0; (<0,>=0) -> z'; (>=0,<0) -> -z; (>=0,>=0) -> dz
+    np.testing.assert_array_equal(relu().increment(z, dz), [0.0, 2.0, -2.0, 1.5])
+
+
+def test_network_forward_matches_reference(reference_net, mnist_like):
+    ref = reference_net(3, (784, 16, 10), "leaky-relu", "softmax")
+    X = mnist_like(2, 50)
+    net = ref.network()
+    h = X
+    for layer, (w, b) in enumerate(zip(ref.weights, ref.biases, strict=True)):
+        z = h @ w.T + b
+        h = np.where(z >= 0, z, 0.1 * z) if layer == 0 else z
+    np.testing.assert_allclose(net.logits(X), h, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(net.forward(X).sum(axis=1), 1.0)
+
+
+def test_frozen_samples_keep_outputs_and_cost_nothing(reference_net, mnist_like):
+    ref = reference_net(5, (784, 20, 20, 1), "relu", "sigmoid")
+    X = mnist_like(3, 200)
+    pws = [WEIGHTS] * 3
+    frozen = np.arange(0, 200, 2)
+    results = list(layered_inference(ref.network(), X, PIXELS, pws, FreezeSamples(frozen, 1)))
+    at_one = ref.outputs(X, PIXELS, pws, 1)
+    for res in results:
+        r = res.resolution
+        np.testing.assert_allclose(res.outputs[frozen], at_one[frozen], rtol=0, atol=1e-12)
+        others = np.setdiff1d(np.arange(200), frozen)
+        expected = ref.outputs(X, PIXELS, pws, r)[others]
+        np.testing.assert_allclose(res.outputs[others], expected, rtol=0, atol=1e-12)
+        assert res.n_active == (200 if r == 1 else 100)
+    assert results[2].flops * 2 == pytest.approx(
+        list(layered_inference(ref.network(), X, PIXELS, pws))[2].flops, rel=1e-12
+    )
+    np.testing.assert_array_equal(results[-1].frozen_at[frozen], 1)
+    np.testing.assert_array_equal(np.delete(results[-1].frozen_at, frozen), 4)
+
+
+def test_without_early_stops_bit_ops_add_up_to_one_shot(reference_net, mnist_like):
+    ref = reference_net(8, (784, 20, 20, 1), "relu", "sigmoid")
+    X = mnist_like(4, 64)
+    pws = PAPER_WEIGHTS
+    results = list(layered_inference(ref.network(), X, PIXELS, pws))
+    bits, flops = one_shot_cost(ref.network(), PIXELS, pws, 64)
+    assert sum(res.bit_ops for res in results) == bits
+    # 1-bit components: resolution r costs (2r - 1)/R^2 of the products' bit operations.
+    products = 64 * (784 * 20 + 20 * 20 + 20)
+    bias_bits = 64 * (20 + 20 + 1)
+    expected = [products * (2 * r - 1) + bias_bits for r in (1, 2, 3, 4)]
+    assert [res.bit_ops for res in results] == expected
+    # On float hardware a component product costs a full product: resolution 1 costs the
+    # one-shot flops, later ones two products per layer.
+    assert results[0].flops == flops < results[1].flops
+
+
+def test_clipping_is_counted_and_equals_clipped_reference(reference_net, mnist_like):
+    ref = reference_net(9, (784, 8, 1), "relu", "sigmoid")
+    X = mnist_like(5, 30)
+    narrow = Partition((-2, -3, -4, -5, -6))  # |a| < 0.25: some first-layer biases do not fit
+    pws = [narrow, WEIGHTS]
+    with pytest.raises(PartitionRangeError, match=r"layer 1 bias b1\[\d+\] = "):
+        layered_inference(ref.network(), X, PIXELS, pws)
+    results = list(layered_inference(ref.network(), X, PIXELS, pws, clip=True))
+    assert results[-1].clipped == int((np.abs(ref.biases[0]) >= 0.25).sum()) > 0
+    top = 0.25 - 2**-6  # the largest magnitude the partition represents
+    clipped = replace(ref, biases=(np.clip(ref.biases[0], -top, top), ref.biases[1]))
+    np.testing.assert_allclose(results[-1].logits, clipped.logits(X, PIXELS, pws, 4), atol=1e-12)
+
+
+def test_rounding_puts_increments_on_the_grid():
+    rng = np.random.default_rng(0)
+    weights = [rng.integers(-7, 8, size=(6, 10)) / 8, rng.integers(-7, 8, size=(1, 6)) / 8]
+    biases = [rng.integers(-7, 8, size=6) / 8, rng.integers(-7, 8, size=1) / 8]
+    net = Network(weights, biases)
+    X = rng.integers(0, 16, size=(50, 10)) / 16
+    p = Partition((0, -2, -4))
+    exact = list(layered_inference(net, X, p, [p, p]))
+    # Inputs and weights are on the 2**-4 grid, so layer 1's Z is on 2**-8 and layer 2's
+    # on 2**-12: rounding to that grid changes nothing...
+    fine = list(layered_inference(net, X, p, [p, p], rounding=2**-12))
+    for a, b in zip(exact, fine, strict=True):
+        np.testing.assert_array_equal(a.logits, b.logits)
+    # ...while a coarse grid keeps the logits on that grid and near the exact ones.
+    coarse = list(layered_inference(net, X, p, [p, p], rounding=2**-2))
+    for a, b in zip(exact, coarse, strict=True):
+        np.testing.assert_array_equal(b.logits * 4, np.round(b.logits * 4))
+        assert np.max(np.abs(a.logits - b.logits)) < 2.0
+    assert any(not np.array_equal(a.logits, b.logits) for a, b in zip(exact, coarse, strict=True))
+
+
+def test_deadline_freezes_everyone_with_current_outputs(reference_net, mnist_like):
+    ref = reference_net(11, (784, 10, 1), "relu", "sigmoid")
+    X = mnist_like(6, 100)
+    pws = [WEIGHTS] * 2
+    results = list(layered_inference(ref.network(), X, PIXELS, pws, Deadline(0)))
+    assert len(results) == 1 and results[0].stop_reason == "deadline"
+    assert not results[0].active.any()
+    np.testing.assert_allclose(results[0].outputs, ref.outputs(X, PIXELS, pws, 1), atol=1e-12)
+    past = list(layered_inference(ref.network(), X, PIXELS, pws, Deadline(at=0.0)))
+    assert past[-1].stop_reason == "deadline"
+    later = list(layered_inference(ref.network(), X, PIXELS, pws, Deadline(3600)))
+    assert [res.stop_reason for res in later] == [None, None, None, "completed"]
+
+
+def test_validation_happens_before_iteration(reference_net):
+    ref = reference_net(0, (4, 3, 1))
+    net = ref.network()
+    X = np.full((2, 4), 0.5)
+    p = Partition((1, 0, -1))
+    cases = [
+        (np.full((2, 5), 0.5), [p, p], ValueError, r"shape \(N, 4\).*got \(2, 5\)"),
+        (np.array([[0.5, np.nan, 0.5, 0.5]] * 2), [p, p], ValueError, "not finite"),
+        (np.full((2, 4), 2.5), [p, p], PartitionRangeError, "input X"),
+        (X, [p], ValueError, "1 weight partitions for a network of 2 layers"),
+        (X, [p, Partition((1, 0))], ValueError, "same number R"),
+        (X, [p, Partition((-2, -3, -4))], PartitionRangeError, "layer 2 (weights W2|bias b2)"),
+    ]
+    for x, pws, error, message in cases:
+        with pytest.raises(error, match=message):
+            layered_inference(net, x, p, pws)
+    with pytest.raises(ValueError, match="unknown decision rule 'grey'"):
+        layered_inference(net, X, p, [p, p], rule="grey")
+    with pytest.raises(ValueError, match="rounding"):
+        layered_inference(net, X, p, [p, p], rounding=0.0)
+    with pytest.raises(ValueError, match="certified rule needs exact upgrades"):
+        layered_inference(net, X, p, [p, p], rule="certified", rounding=2**-4)
+
+
+def test_network_rejects_bad_layers():
+    w, b = np.ones((3, 4)), np.zeros(3)
+    with pytest.raises(ValueError, match=r"biases\[0\] has shape \(2,\).*expected \(3,\)"):
+        Network([w, np.ones((1, 3))], [np.zeros(2), np.zeros(1)])
+    with pytest.raises(ValueError, match=r"weights\[1\] \(1, 2\) takes 2 inputs"):
+        Network([w, np.ones((1, 2))], [b, np.zeros(1)])
+    with pytest.raises(ValueError, match="unknown hidden activation 'tanh'"):
+        Network([w, np.ones((1, 3))], [b, np.zeros(1)], hidden="tanh")
+    with pytest.raises(ValueError, match="unknown output function 'linear'"):
+        Network([w, np.ones((1, 3))], [b, np.zeros(1)], output="linear")
+    with pytest.raises(ValueError, match="sigmoid output needs 1 output unit"):
+        Network([w], [b], output="sigmoid")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        Network([np.full((1, 4), np.inf)], [np.zeros(1)])
+    with pytest.raises(ValueError, match="alpha applies only"):
+        Network([np.ones((1, 4))], [np.zeros(1)], hidden="relu", alpha=0.2)
+
+
+def test_decision_context_sees_only_active_samples(reference_net, mnist_like):
+    seen = []
+
+    class Record(Rule):
+        def decide(self, ctx: DecisionContext):
+            seen.append((ctx.resolution, ctx.samples.copy(), ctx.outputs.copy()))
+            return ctx.samples < 10
+
+    ref = reference_net(12, (784, 6, 1))
+    X = mnist_like(7, 30)
+    list(layered_inference(ref.network(), X, PIXELS, [WEIGHTS] * 2, Record()))
+    assert [len(s) for _, s, _ in seen] == [30, 20, 20]
+    np.testing.assert_array_equal(seen[1][1], np.arange(10, 30))
+    expected = ref.outputs(X, PIXELS, [WEIGHTS] * 2, 2)[10:]
+    np.testing.assert_allclose(seen[1][2], expected, rtol=0, atol=1e-12)
+
+
+def _real_mnist(directory, n):
+    with gzip.open(directory / "t10k-images-idx3-ubyte.gz") as f:
+        pixels = np.frombuffer(f.read(16 + n * 784)[16:], dtype=np.uint8)
+    return pixels.reshape(n, 784) / 256.0
+
+
+def test_real_mnist_images_under_the_paper_partitions(reference_net, shared_mnist_dir):
+    if not (shared_mnist_dir / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"no MNIST test images in {shared_mnist_dir}")
+    X = _real_mnist(shared_mnist_dir, 300)
+    ref = reference_net(13, (784, 20, 20, 1), "relu", "sigmoid")
+    for res in layered_inference(ref.network(), X, PIXELS, PAPER_WEIGHTS):
+        expected = ref.logits(X, PIXELS, PAPER_WEIGHTS, res.resolution)
+        np.testing.assert_allclose(res.logits, expected, rtol=0, atol=1e-12)
