@@ -36,6 +36,7 @@ __all__ = [
     "SplitOperand",
     "LayeredResult",
     "layered_matmul",
+    "resolution_block",
     "static_bound",
     "truncation_bound",
     "BOUND_KINDS",
@@ -75,10 +76,46 @@ class SplitOperand:
             raise ValueError(f"{name} must be a 2-D array, got shape {arr.shape}")
         if arr.size == 0:
             raise ValueError(f"{name} is empty (shape {arr.shape})")
+        self._hold(partition.components(arr, clip=clip, name=name), partition, name)
+
+    @classmethod
+    def from_components(
+        cls, components: Components, partition: Partition, *, name: str = "a"
+    ) -> SplitOperand:
+        """An operand already split under ``partition`` (digits stored on disk, say).
+
+        Raises
+        ------
+        ValueError
+            If the digits are not 2-D arrays of one shape, or do not match ``partition``.
+
+        Examples
+        --------
+        >>> p = Partition((4, 2, 0))
+        >>> a = SplitOperand.from_components(p.components([[5.0, -7.0]]), p)
+        >>> a.shape
+        (1, 2)
+        """
+        shapes = {np.shape(d) for d in components.digits}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"{name}: component digits must be 2-D of one shape, got {shapes}")
+        if (components.exponents, components.widths) != (partition.exponents, partition.widths):
+            raise ValueError(
+                f"{name}: components have exponents {components.exponents} and widths"
+                f" {components.widths}, which do not match partition {partition.points}"
+            )
+        if 0 in next(iter(shapes)):
+            raise ValueError(f"{name} is empty (shape {next(iter(shapes))})")
+        operand = cls.__new__(cls)
+        operand._hold(components, partition, name)
+        return operand
+
+    def _hold(self, components: Components, partition: Partition, name: str) -> None:
+        shape = np.shape(components.digits[0])
         self.name = name
         self.partition = partition
-        self.shape: tuple[int, int] = (int(arr.shape[0]), int(arr.shape[1]))
-        self.components: Components = partition.components(arr, clip=clip, name=name)
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+        self.components: Components = components
         self._prepared: dict[tuple[object, ...], np.ndarray] = {}
         self._abs_max: float | None = None
 
@@ -276,29 +313,118 @@ def layered_matmul(
     kernel = kernel or NumpyKernel()
     m, k = w.shape
     n = x.shape[1]
-    exact = _accumulation_is_exact(pw, px, k)
     w_drop, w_abs = _truncation_drop(W, pw)
     x_drop, x_abs = _truncation_drop(X, px)
     trunc = truncation_bound(k, w_drop, x_drop, w_abs, x_abs)
     plan = ProductPlan(w, x, order, kernel, choose_reuse(reuse, n, px.m))
     omega = np.zeros((m, n), dtype=np.float64)
-    for r, group in enumerate(order.groups, start=1):
+    for r in range(1, order.resolutions + 1):
         added, flops, dtypes = plan.resolution(r - 1)
         omega += added
-        remaining = order.remaining(r)
-        yield LayeredResult(
-            resolution=r,
-            resolutions=order.resolutions,
-            estimate=omega.copy(),
-            bound=_bound(w, x, remaining, bound),
-            static_bound=static_bound(pw, px, k, remaining),
-            truncation_bound=trunc,
-            pairs=group,
-            bit_ops=m * k * n * sum(pw.widths[i] * px.widths[j] for i, j in group),
-            flops=flops,
-            exact=exact,
-            dtypes=dtypes,
-        )
+        yield _result(w, x, order, r, omega.copy(), flops, dtypes, bound, trunc)
+
+
+def resolution_block(
+    w: SplitOperand,
+    x: SplitOperand,
+    order: Ordering,
+    resolution: int,
+    previous: npt.ArrayLike | None = None,
+    *,
+    bound: str = "data",
+    kernel: ProductKernel | None = None,
+    truncation: float = 0.0,
+) -> LayeredResult:
+    """One resolution of ``W @ X`` for a block of W's rows, from the previous estimate.
+
+    ``Ω_r = Ω_{r-1} + Σ_{(i, j) in group r} W_i X_j`` for the rows ``w`` holds, with the
+    bound and cost of those rows. This is the unit of work a distributed layered product
+    fans out: the estimate equals the same rows of :func:`layered_matmul`'s ``Ω_r`` bit for
+    bit whenever the product is exact (``exact``), and the data-dependent bound of a row
+    depends only on that row.
+
+    Parameters
+    ----------
+    w : SplitOperand
+        A block of rows of W (all K columns).
+    x : SplitOperand
+        All of X.
+    order : Ordering
+        The ordering of the whole product.
+    resolution : int
+        1-based resolution ``r`` to compute.
+    previous : array_like (rows, N), optional
+        ``Ω_{r-1}`` of these rows; None means zeros (required for ``r = 1``).
+    bound : {"data", "static"}
+    kernel : ProductKernel, optional
+    truncation : float
+        The product's truncation bound, reported as is (it needs the whole operands).
+
+    Returns
+    -------
+    LayeredResult
+        For these rows; ``bit_ops`` and ``flops`` count these rows only.
+
+    Examples
+    --------
+    >>> W = np.array([[3.0, -7.0], [12.0, 5.0]]); X = np.array([[1.0], [-2.0]])
+    >>> p = Partition((4, 2, 0)); order = Ordering.anti_diagonal(2, 2)
+    >>> x = SplitOperand(X, p, name="X")
+    >>> first = resolution_block(SplitOperand(W[1:], p, name="W"), x, order, 1)
+    >>> second = resolution_block(SplitOperand(W[1:], p, name="W"), x, order, 2, first.estimate)
+    >>> second.estimate.ravel().tolist()
+    [4.0]
+    """
+    if bound not in BOUND_KINDS:
+        raise ValueError(f"unknown bound kind {bound!r}; use one of {BOUND_KINDS}")
+    if not 1 <= resolution <= order.resolutions:
+        raise ValueError(f"resolution must be in [1, {order.resolutions}], got {resolution}")
+    _check_shapes(w.shape, x.shape)
+    rows, n = w.shape[0], x.shape[1]
+    omega = np.zeros((rows, n), dtype=np.float64)
+    if previous is not None:
+        if np.shape(previous) != (rows, n):
+            raise ValueError(
+                f"previous estimate has shape {np.shape(previous)}, expected {(rows, n)}"
+            )
+        omega[...] = previous
+    elif resolution > 1:
+        raise ValueError(f"resolution {resolution} needs the previous estimate")
+    # A fresh plan for one resolution: reuse across resolutions would need kept products.
+    plan = ProductPlan(w, x, order, kernel or NumpyKernel(), "none")
+    added, flops, dtypes = plan.resolution(resolution - 1)
+    omega += added
+    return _result(w, x, order, resolution, omega, flops, dtypes, bound, truncation)
+
+
+def _result(
+    w: SplitOperand,
+    x: SplitOperand,
+    order: Ordering,
+    r: int,
+    estimate: np.ndarray,
+    flops: int,
+    dtypes: tuple[str, ...],
+    bound: str,
+    truncation: float,
+) -> LayeredResult:
+    """The :class:`LayeredResult` of resolution ``r`` with estimate ``estimate``."""
+    (m, k), n = w.shape, x.shape[1]
+    pw, px = w.partition, x.partition
+    group, remaining = order.groups[r - 1], order.remaining(r)
+    return LayeredResult(
+        resolution=r,
+        resolutions=order.resolutions,
+        estimate=estimate,
+        bound=_bound(w, x, remaining, bound),
+        static_bound=static_bound(pw, px, k, remaining),
+        truncation_bound=truncation,
+        pairs=group,
+        bit_ops=m * k * n * sum(pw.widths[i] * px.widths[j] for i, j in group),
+        flops=flops,
+        exact=_accumulation_is_exact(pw, px, k),
+        dtypes=dtypes,
+    )
 
 
 def _shape_of(a: npt.ArrayLike | SplitOperand) -> tuple[int, ...]:
