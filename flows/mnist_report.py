@@ -94,6 +94,7 @@ def scores(output: str, outputs: np.ndarray, targets: np.ndarray) -> dict[str, A
 def run_rule(setup: Setup, X: np.ndarray, targets: np.ndarray, rule: str | None) -> dict[str, Any]:
     """Layered inference under ``rule``: per-resolution scores, active fraction and cost."""
     rows = []
+    per_resolution = []
     full = None
     started = time.perf_counter()
     for res in layered_inference(
@@ -108,6 +109,7 @@ def run_rule(setup: Setup, X: np.ndarray, targets: np.ndarray, rule: str | None)
             **scores(setup.network.output, res.outputs, targets),
         }
         rows.append(row)
+        per_resolution.append(res.outputs)
         full = res
     assert full is not None
     return {
@@ -115,6 +117,7 @@ def run_rule(setup: Setup, X: np.ndarray, targets: np.ndarray, rule: str | None)
         "resolutions": rows,
         "final": {k: v for k, v in rows[-1].items() if k != "roc"},
         "final_outputs": full.outputs,
+        "outputs_per_resolution": per_resolution,
         "frozen_at": full.frozen_at,
         "stopped_before_last": float(np.mean(full.frozen_at < full.resolutions)),
     }
@@ -135,6 +138,8 @@ def evaluate(setup: Setup, X: np.ndarray, targets: np.ndarray) -> dict[str, Any]
     runs = {name: run_rule(setup, X, targets, None if name == "none" else name)
             for name in ("none", *setup.rules)}
     full_pred = predictions(setup.network.output, runs["none"]["final_outputs"])
+    one_shot = setup.network.forward(X)
+    errors = [np.abs(out - one_shot).ravel() for out in runs["none"]["outputs_per_resolution"]]
     report: dict[str, Any] = {
         "model": setup.name,
         "layer_sizes": list(setup.network.layer_sizes),
@@ -142,8 +147,20 @@ def evaluate(setup: Setup, X: np.ndarray, targets: np.ndarray) -> dict[str, Any]
         "weight_partitions": [list(p.points) for p in setup.weight_partitions],
         "baselines": one_shot_baselines(setup.network, X, targets),
         "rules": {},
+        # distributions behind the CDF plot (METHOD §6): not serialised
+        "_cdf": {
+            "output error vs one-shot": errors,
+            "outputs": [np.ravel(runs["none"]["final_outputs"]), np.ravel(one_shot)],
+            "weights": [w.ravel() for w in setup.network.weights],
+        },
+        "output_error_vs_one_shot": [
+            {"resolution": r, "median": float(np.median(e)), "p90": float(np.quantile(e, 0.9)),
+             "max": float(e.max())}
+            for r, e in enumerate(errors, start=1)
+        ],
     }
     for name, run in runs.items():
+        run.pop("outputs_per_resolution")
         pred = predictions(setup.network.output, run.pop("final_outputs"))
         run["agreement_with_full"] = float(np.mean(pred == full_pred))
         run["frozen_at_histogram"] = np.bincount(
@@ -154,7 +171,8 @@ def evaluate(setup: Setup, X: np.ndarray, targets: np.ndarray) -> dict[str, Any]
 
 
 def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Accuracy and active fraction per resolution, and ROC curves (binary model)."""
+    """Plots: accuracy and active fraction per resolution; CDFs of the output error against
+    one-shot, of outputs and of weights; ROC curves (binary model)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,6 +205,28 @@ def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
+    cdf = report.pop("_cdf")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for r, err in enumerate(cdf["output error vs one-shot"], start=1):
+        _plot_cdf(axes[0], err, f"resolution {r}")
+    axes[0].set(xlabel="|output - one-shot output|",
+                title=f"{name}: output error vs one-shot")
+    for values, label in zip(cdf["outputs"], ("layered, last resolution", "one-shot 8-bit"),
+                             strict=True):
+        _plot_cdf(axes[1], values, label)
+    axes[1].set(xlabel="output probability (all classes)", title=f"{name}: outputs")
+    for layer, w in enumerate(cdf["weights"], start=1):
+        _plot_cdf(axes[2], w, f"layer {layer} weights")
+    axes[2].set(xlabel="weight", title=f"{name}: weights")
+    for ax in axes:
+        ax.set_ylabel("CDF")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / f"{name}-cdfs.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
     none_rows = report["rules"]["none"]["resolutions"]
     if "roc" in none_rows[0]:
         fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -211,6 +251,11 @@ def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
+
+
+def _plot_cdf(ax: Any, values: np.ndarray, label: str) -> None:
+    ordered = np.sort(values)
+    ax.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), label=label)
 
 
 def summary_table(report: dict[str, Any]) -> str:
