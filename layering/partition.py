@@ -260,22 +260,31 @@ class Partition:
             arr, n_clipped = self.clip(arr, name)
         flat = _as_numeric(arr, name).reshape(-1)
         digits = [np.empty(flat.shape, dtype=_digit_dtype(w)) for w in self.widths]
-        scales = [math.ldexp(1.0, -p) for p in self.points[1:]]
-        for start in range(0, flat.size, _BLOCK):
-            block = flat[start : start + _BLOCK].astype(np.float64, copy=False)
-            top = float(np.max(np.abs(block))) if block.size else 0.0
-            if not top < self.limit:  # also catches NaN
-                self.check(arr, name)  # raises, naming the offending value
-            previous: np.ndarray | None = None
-            for i, (width, scale) in enumerate(zip(self.widths, scales, strict=True)):
-                t = np.trunc(block * scale)
-                digit = t if previous is None else t - previous * float(1 << width)
-                digits[i][start : start + _BLOCK] = digit
-                previous = t
+        in_range = all(self._split_block(flat, digits, s) for s in range(0, flat.size, _BLOCK))
+        if not in_range:
+            self.check(arr, name)  # raises, naming the offending value
         shape = np.shape(arr)
         return Components(
             [d.reshape(shape) for d in digits], self.exponents, self.widths, n_clipped
         )
+
+    def _split_block(self, flat: np.ndarray, digits: list[np.ndarray], start: int) -> bool:
+        """Write the digits of ``flat[start:start + _BLOCK]``; False if a value is out of range."""
+        block = flat[start : start + _BLOCK].astype(np.float64, copy=False)
+        if block.size and not float(np.max(np.abs(block))) < self.limit:  # also catches NaN
+            return False
+        t, previous = np.empty_like(block), np.empty_like(block)
+        for i, width in enumerate(self.widths):
+            np.multiply(block, math.ldexp(1.0, -self.points[i + 1]), out=t)
+            np.trunc(t, out=t)
+            if i == 0:
+                digits[i][start : start + _BLOCK] = t
+            else:
+                np.multiply(previous, float(1 << width), out=previous)
+                np.subtract(t, previous, out=previous)
+                digits[i][start : start + _BLOCK] = previous
+            t, previous = previous, t
+        return True
 
     def split(self, a: npt.ArrayLike, *, clip: bool = False) -> list[np.ndarray]:
         """Split ``a`` into ``m`` float64 component arrays whose sum is ``truncate(a)``.
