@@ -1,5 +1,12 @@
 """Shared fixtures."""
 
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -7,6 +14,25 @@ import numpy as np
 import pytest
 
 from layered.layering import Partition
+
+# --- Isolation for the Prefect/Dask tests, set before anything imports prefect (settings
+# are read at import): a temporary PREFECT_HOME and store, telemetry off, no inherited API,
+# profile or LAYERED_* setting.
+_TEST_HOME = Path(tempfile.mkdtemp(prefix="layered-tests-"))
+atexit.register(shutil.rmtree, _TEST_HOME, ignore_errors=True)
+for _var in [k for k in os.environ if k.startswith(("PREFECT_", "LAYERED_"))]:
+    del os.environ[_var]
+os.environ.update(
+    PREFECT_HOME=str(_TEST_HOME / "prefect"),
+    DO_NOT_TRACK="1",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    PREFECT_LOGGING_LEVEL="WARNING",
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+    DASK_LOGGING__DISTRIBUTED="warning",
+    LAYERED_PREFECT_HOME=str(_TEST_HOME / "layered-prefect"),
+    LAYERED_STORE=str(_TEST_HOME / "runs"),
+    MPLBACKEND="Agg",
+)
 
 # The real MNIST files live beside the repository (never inside it): ../shared/data/mnist.
 SHARED_MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
@@ -121,3 +147,74 @@ def random_case(reference_net):
         return ref, X, px, pws
 
     return draw
+
+
+# --- Prefect and Dask (test_matmul_flow, test_deployments, test_cli).
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """One Prefect API (SQLite, subprocess server) for the whole session; its URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def local_cluster_address(prefect_api) -> str:
+    """A LocalCluster of two process workers on 127.0.0.1, as ``layered run`` starts it."""
+    from layered.flows.cluster import local_cluster
+    from layered.settings import Settings
+
+    with local_cluster(Settings.from_env()) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def loopback_cluster_address(prefect_api, tmp_path_factory) -> str:
+    """A real cluster: ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1."""
+    from distributed import Client
+
+    scheduler_file = tmp_path_factory.mktemp("dask") / "scheduler.json"
+    dask = [sys.executable, "-m", "dask"]
+    procs = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(scheduler_file)])]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for _ in range(2):
+            procs.append(subprocess.Popen([
+                *dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+                "--no-dashboard", "--host", "127.0.0.1", "--preload", "layered.tasks.matmul",
+            ]))
+        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+            address = client.scheduler.address
+        yield address
+    finally:
+        for proc in reversed(procs):  # only the processes this fixture started
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="session")
+def run_matmul(prefect_api):
+    """``run_matmul(address, store=DIR, **parameters)``: the matmul flow on that cluster.
+
+    Returns the flow run's final state.
+    """
+    from layered.flows.cluster import dask_task_runner
+    from layered.flows.matmul import matmul_flow
+    from layered.settings import Settings
+
+    def run(address, *, store, **parameters):
+        runner = dask_task_runner(Settings.from_env(), address)
+        flow = matmul_flow.with_options(task_runner=runner)
+        return flow(store=str(store), **parameters, return_state=True)
+
+    return run

@@ -1,0 +1,300 @@
+"""Matmul operands: a seeded synthetic generator and validated ``.npy`` / zarr files.
+
+Operands are read by row ranges (memory-mapped ``.npy``, or zarr slices), so a Dask worker
+reads only the rows of its block and an operand larger than a worker's memory still runs.
+Every check an operand needs (shape, dtype, finite values, range of an explicit partition)
+is done by :func:`scan_operand` before any work starts, naming the file and the index.
+
+Examples
+--------
+>>> W, X = synthetic_operands((4, 3, 2), seed=0)
+>>> W.shape, X.shape, W.dtype.name
+((4, 3), (3, 2), 'int8')
+>>> bool(np.array_equal(W, synthetic_operands((4, 3, 2), seed=0)[0]))
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layered.layering import Components, Partition, PartitionRangeError, SplitOperand
+
+__all__ = [
+    "ArraySource",
+    "OperandError",
+    "OperandScan",
+    "open_operand",
+    "scan_operand",
+    "check_matmul_shapes",
+    "check_shape",
+    "check_value_bits",
+    "flops_affordable",
+    "synthetic_operands",
+    "save_digits",
+    "load_split",
+]
+
+# Rows read at a time when scanning a whole operand: bounded memory for any size.
+_SCAN_BYTES = 1 << 26
+
+
+class OperandError(ValueError):
+    """An operand file or array cannot be used (missing, wrong shape, dtype or values)."""
+
+
+@dataclass(frozen=True)
+class ArraySource:
+    """A 2-D array in a ``.npy`` file or a zarr array, read by row ranges.
+
+    Attributes
+    ----------
+    path : str
+        Absolute path of the ``.npy`` file or zarr directory.
+    kind : {"npy", "zarr"}
+    shape : (rows, columns)
+        The 2-D shape as used (a 1-D X file is one column).
+    dtype : str
+        The stored dtype.
+    """
+
+    path: str
+    kind: str
+    shape: tuple[int, int]
+    dtype: str
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as an in-memory array of the stored dtype."""
+        arr = self._open()
+        block = np.asarray(arr[start:stop])
+        return block.reshape(-1, 1) if block.ndim == 1 else block
+
+    def read(self) -> np.ndarray:
+        """The whole array (2-D)."""
+        return self.rows(0, self.shape[0])
+
+    def row_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows)`` blocks of at most about 64 MiB each, in order."""
+        row_bytes = max(1, self.shape[1] * np.dtype(self.dtype).itemsize)
+        step = max(1, _SCAN_BYTES // row_bytes)
+        for start in range(0, self.shape[0], step):
+            yield start, self.rows(start, min(start + step, self.shape[0]))
+
+    def _open(self) -> Any:
+        if self.kind == "npy":
+            return np.load(self.path, mmap_mode="r")
+        import zarr  # only zarr operands need it; keeps worker start-up light
+
+        return zarr.open_array(self.path, mode="r")
+
+
+@dataclass(frozen=True)
+class OperandScan:
+    """What one pass over an operand found.
+
+    Attributes
+    ----------
+    max_abs : float
+        Largest ``|value|``.
+    sha256 : str
+        Digest of the values (little-endian bytes of the stored dtype, row by row), the
+        same for a ``.npy`` file and a zarr array holding the same values.
+    """
+
+    max_abs: float
+    sha256: str
+
+
+def open_operand(path: str | os.PathLike[str], name: str) -> ArraySource:
+    """Open ``path`` (``.npy`` file or zarr array) as operand ``name`` ("W" or "X").
+
+    Only the header is read. A 1-D X is used as a column.
+
+    Raises
+    ------
+    OperandError
+        If the file does not exist, is neither ``.npy`` nor zarr, or holds an array that is
+        empty, not real-numeric, or not 2-D (1-D allowed for X).
+    """
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise OperandError(f"operand {name}: file {p} does not exist")
+    kind = "zarr" if p.is_dir() or p.suffix == ".zarr" else "npy"
+    try:
+        arr = ArraySource(str(p), kind, (0, 0), "int8")._open()
+    except (ValueError, OSError) as exc:
+        raise OperandError(
+            f"operand {name}: cannot read {p} as a .npy file or zarr array: {exc}"
+        ) from exc
+    shape, dtype = tuple(int(s) for s in arr.shape), np.dtype(arr.dtype)
+    if dtype.kind not in "iuf":
+        raise OperandError(
+            f"operand {name} ({p}) has dtype {dtype}; expected real integers or floats"
+        )
+    if len(shape) == 1 and name == "X":
+        shape = (shape[0], 1)
+    if len(shape) != 2:
+        raise OperandError(f"operand {name} ({p}) must be a 2-D array, got shape {shape}")
+    if 0 in shape:
+        raise OperandError(f"operand {name} ({p}) is empty (shape {shape})")
+    return ArraySource(str(p), kind, (shape[0], shape[1]), dtype.str)
+
+
+def check_matmul_shapes(w: ArraySource, x: ArraySource) -> tuple[int, int, int]:
+    """``(M, K, N)`` of ``W @ X``, or an error naming both shapes and files."""
+    if w.shape[1] != x.shape[0]:
+        raise OperandError(
+            f"operands of mismatched shapes: W {w.shape} ({w.path}) has {w.shape[1]} columns"
+            f" but X {x.shape} ({x.path}) has {x.shape[0]} rows; they must be equal"
+        )
+    return w.shape[0], w.shape[1], x.shape[1]
+
+
+def scan_operand(
+    source: ArraySource, name: str, partition: Partition | None = None
+) -> OperandScan:
+    """Check every value of ``source`` and digest it, in one pass of bounded memory.
+
+    Parameters
+    ----------
+    source : ArraySource
+    name : str
+        "W" or "X", for messages.
+    partition : Partition, optional
+        When given, every value must satisfy ``|a| < 2**p_0``.
+
+    Raises
+    ------
+    OperandError
+        On a NaN or infinite value (naming its index and the file).
+    PartitionRangeError
+        On a value outside ``partition``'s range (naming value, index, file and p_0).
+    """
+    return _scan_cached(source, name, partition, _file_stamp(source.path))
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_cached(
+    source: ArraySource, name: str, partition: Partition | None, stamp: tuple[int, int]
+) -> OperandScan:
+    # Cached on (file, size, mtime): the CLI checks operands before starting anything and
+    # the flow checks them again in the same process, so the second pass is free.
+    digest = hashlib.sha256()
+    top = 0.0
+    for start, block in source.row_blocks():
+        values = block.astype(np.float64, copy=False)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            idx = _global_index(bad, start)
+            raise OperandError(
+                f"operand {name}{list(idx)} = {float(values[idx[0] - start, idx[1]])!r} in"
+                f" {source.path} is not finite ({int(bad.sum())} NaN/inf value(s) in this"
+                " block)"
+            )
+        if partition is not None:
+            over = np.abs(values) >= partition.limit
+            if over.any():
+                idx = _global_index(over, start)
+                raise PartitionRangeError(
+                    f"operand {name}{list(idx)} = {float(values[idx[0] - start, idx[1]])!r} in"
+                    f" {source.path} is out of range for partition {partition.points}:"
+                    f" |value| must be < 2^p_0 = {partition.limit:g}"
+                )
+        top = max(top, float(np.max(np.abs(values))))
+        digest.update(np.ascontiguousarray(block).astype(block.dtype.newbyteorder("<")).tobytes())
+    return OperandScan(top, digest.hexdigest())
+
+
+def _file_stamp(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _global_index(mask: np.ndarray, row_offset: int) -> tuple[int, int]:
+    r, c = np.unravel_index(int(np.argmax(mask)), mask.shape)
+    return int(r) + row_offset, int(c)
+
+
+def synthetic_operands(
+    shape: Sequence[int], seed: int, value_bits: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random integer operands ``W`` (M x K) and ``X`` (K x N).
+
+    Values are uniform in ``[-2**(value_bits-1), 2**(value_bits-1))`` (the two's
+    complement range), stored in the smallest integer dtype that holds them.
+
+    Raises
+    ------
+    OperandError
+        If the shape is not three positive integers or ``value_bits`` is not in [2, 32].
+    """
+    m, k, n = check_shape(shape)
+    check_value_bits(value_bits)
+    dtype = np.min_scalar_type(-(2 ** (value_bits - 1)))
+    rng = np.random.default_rng(seed)
+    lo, hi = -(2 ** (value_bits - 1)), 2 ** (value_bits - 1)
+    W = rng.integers(lo, hi, size=(m, k), dtype=dtype)
+    X = rng.integers(lo, hi, size=(k, n), dtype=dtype)
+    return W, X
+
+
+def check_shape(shape: Sequence[int] | None) -> tuple[int, int, int]:
+    """``(M, K, N)`` as ints, or an error if it is not three positive integers."""
+    dims = tuple(shape or ())
+    if len(dims) != 3 or any(
+        isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in dims
+    ):
+        raise OperandError(f"shape must be three positive integers M K N, got {list(dims)}")
+    return int(dims[0]), int(dims[1]), int(dims[2])
+
+
+def check_value_bits(value_bits: int) -> int:
+    """``value_bits`` if synthetic integers can have that many bits (2 to 32)."""
+    if isinstance(value_bits, bool) or not isinstance(value_bits, int) or not 2 <= value_bits <= 32:
+        raise OperandError(f"value_bits must be an integer in [2, 32], got {value_bits!r}")
+    return value_bits
+
+
+def save_digits(
+    components: Components, paths: Sequence[str], rows: tuple[int, int] | None = None
+) -> None:
+    """Write each component's digits into its ``.npy`` file (rows ``start:stop`` if given).
+
+    The files must already exist with the full shape (see
+    :meth:`layered.data.store.Run.stage_array`); concurrent writers of disjoint rows are
+    safe.
+    """
+    for digits, path in zip(components.digits, paths, strict=True):
+        target = np.load(path, mmap_mode="r+")
+        if rows is None:
+            target[...] = digits
+        else:
+            target[rows[0] : rows[1]] = digits
+        target.flush()
+        del target
+
+
+def load_split(
+    paths: Sequence[str], partition: Partition, name: str, rows: tuple[int, int] | None = None
+) -> SplitOperand:
+    """A :class:`SplitOperand` from digit files written by :func:`save_digits`."""
+    digits = []
+    for path in paths:
+        arr = np.load(path, mmap_mode="r")
+        digits.append(np.array(arr if rows is None else arr[rows[0] : rows[1]]))
+    comps = Components(digits, partition.exponents, partition.widths)
+    return SplitOperand.from_components(comps, partition, name=name)
+
+
+def flops_affordable(shape: Sequence[int], limit: int) -> bool:
+    """Is ``M*K*N`` at most ``limit`` (a one-shot reference product is affordable)?"""
+    return math.prod(int(d) for d in shape) <= limit

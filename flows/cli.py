@@ -1,0 +1,341 @@
+"""The ``layered`` command: run pipelines, register deployments, keep a Prefect UI up.
+
+Examples
+--------
+::
+
+    layered run matmul                        # embedded default: synthetic 2048x2048x512
+    layered run matmul --shape 4096 4096 256 --deadline 20 --json out.json
+    layered run matmul --operands W.npy X.npy --tolerance 1e3 --address tcp://10.0.0.5:8786
+    layered run matmul --run-id nightly-1     # resumes nightly-1 after its last resolution
+    layered server start && layered ui        # a Prefect UI that outlives the runs
+    layered deploy                            # nightly deployments on a process work pool
+
+Exit status: 0 when a run ends with a result (completed, tolerance or deadline), 1 when it
+fails, 2 on bad input (nothing is started then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from layered.settings import Settings, SettingsError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+
+
+# ------------------------------------------------------------------------------ parser
+def build_parser(defaults: Settings) -> argparse.ArgumentParser:
+    """The argument parser; ``defaults`` (settings after environment variables) fill help."""
+    parser = argparse.ArgumentParser(
+        prog="layered",
+        description="Computation in successive resolutions, orchestrated by Prefect on Dask.",
+        epilog="Every default can also be set by an environment variable LAYERED_<NAME>"
+        " (for example LAYERED_STORE, LAYERED_DASK_ADDRESS, LAYERED_SHAPE=2048,2048,512)."
+        " Exit status: 0 a run ended with a result (completed, tolerance or deadline),"
+        " 1 it failed, 2 bad input (nothing started).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run a pipeline as a Prefect flow on Dask")
+    pipelines = run.add_subparsers(dest="pipeline", required=True, metavar="PIPELINE")
+    _add_matmul(pipelines, defaults)
+    _add_stream(pipelines, defaults)
+    _add_deploy(commands, defaults)
+    _add_server(commands, defaults)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser, defaults: Settings) -> None:
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="write the run summary as JSON to PATH")
+    parser.add_argument("--address", metavar="tcp://HOST:PORT",
+                        default=defaults.dask_address,
+                        help="Dask scheduler to run on (default: a LocalCluster of"
+                        f" {defaults.n_workers} process workers on 127.0.0.1, started for"
+                        " the run); checked before anything starts")
+    parser.add_argument("--store", type=Path, metavar="DIR", default=defaults.store,
+                        help=f"where runs persist (default: {defaults.store})")
+    parser.add_argument("--run-id", metavar="ID",
+                        help="start the run under ID, or resume run ID after its last"
+                        " persisted resolution; options not given take that run's values,"
+                        " options given must match them (default: a new id)")
+
+
+def _add_matmul(pipelines: Any, defaults: Settings) -> None:
+    p = pipelines.add_parser(
+        "matmul", help="a layered matrix product W @ X",
+        description="A layered product W @ X: one Prefect task per resolution on Dask, each"
+        " resolution's estimate and guaranteed bound persisted as it completes. With no"
+        f" operands: seeded synthetic {defaults.value_bits}-bit integers of shape"
+        f" {' x '.join(map(str, defaults.shape))} (M K N), split"
+        f" {'+'.join(map(str, defaults.bits))} bits, ordering {defaults.ordering}.",
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--shape", type=int, nargs=3, metavar=("M", "K", "N"),
+                        help="synthetic operands W (M x K) and X (K x N)"
+                        f" (default {' '.join(map(str, defaults.shape))})")
+    source.add_argument("--operands", nargs=2, metavar=("W", "X"),
+                        help="operand files (.npy or zarr; X may be 1-D)")
+    p.add_argument("--seed", type=int, help=f"seed of synthetic operands (default {defaults.seed})")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--bits", type=int, nargs="+", metavar="B",
+                       help="magnitude bits per component, most significant first; the"
+                       " partitions are chosen from the data"
+                       f" (default {' '.join(map(str, defaults.bits))})")
+    split.add_argument("--partition", type=int, nargs="+", metavar="P",
+                       help="explicit partitioning vector p_0 > p_1 > ... > p_m for both"
+                       " operands; values with |a| >= 2^p_0 are an error")
+    p.add_argument("--ordering", choices=("anti-diagonal", "one-per-resolution", "shells"),
+                   help=f"component products per resolution (default {defaults.ordering})")
+    p.add_argument("--deadline", type=float, metavar="SECONDS",
+                   help="stop SECONDS after the flow starts, keeping the best resolution"
+                   " (the run ends Cancelled)")
+    p.add_argument("--tolerance", type=float, metavar="T",
+                   help="stop once the guaranteed bound max|W X - estimate| is at most T")
+    p.add_argument("--block-rows", type=int, metavar="N", default=defaults.block_rows,
+                   help="rows of W per Dask block; a deadline is honoured within one"
+                   f" block's time (default {defaults.block_rows})")
+    _common(p, defaults)
+    p.set_defaults(handler=_run_matmul)
+
+
+def _add_stream(pipelines: Any, defaults: Settings) -> None:
+    from layered.flows.stream_cli import add_arguments
+
+    p = pipelines.add_parser(
+        "stream", help="the stream of matrix-vector jobs with deadlines (METHOD 5)",
+        description="Poisson arrivals of matrix-vector jobs served FIFO by heterogeneous"
+        " workers, in resolutions, under a deadline rule: simulated with the paper's"
+        " parameters (--simulate), or for real on Dask with injected slow-downs and compared"
+        " with its own simulation. Writes summary.json and PNG plots to <store>/<run id>.",
+    )
+    add_arguments(p)
+    _common(p, defaults)
+    p.set_defaults(handler=_run_stream)
+
+
+def _run_stream(args: argparse.Namespace, settings: Settings) -> int:
+    from layered.flows.stream_cli import run_stream_command, summary_table
+
+    summary = run_stream_command(args, settings)
+    print(summary_table(summary))
+    print(f"summary and plots: {Path(summary['plots'][0]).parent}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def _add_deploy(commands: Any, defaults: Settings) -> None:
+    p = commands.add_parser(
+        "deploy", help="register the pipelines as deployments with nightly schedules",
+        description="Register deployments (layered-matmul/nightly) on a process work pool"
+        " (created if missing), each with a nightly cron schedule; start a worker with"
+        " `prefect worker start --pool POOL` to run them. Uses PREFECT_API_URL, or the"
+        " server of `layered server start` (started if needed).",
+    )
+    p.add_argument("--pool", default=defaults.work_pool,
+                   help=f"process work pool (default {defaults.work_pool})")
+    p.add_argument("--cron", default=defaults.cron,
+                   help=f"schedule (default '{defaults.cron}', {defaults.timezone})")
+    p.add_argument("--address", default=defaults.dask_address, metavar="tcp://HOST:PORT",
+                   help="Dask scheduler the scheduled runs use (default: a LocalCluster)")
+    p.add_argument("--store", type=Path, metavar="DIR", default=defaults.store,
+                   help=f"where the scheduled runs persist (default: {defaults.store})")
+    p.set_defaults(handler=_deploy)
+
+
+def _add_server(commands: Any, defaults: Settings) -> None:
+    p = commands.add_parser(
+        "server", help="a Prefect server (and UI) that stays up between runs",
+        description="Start, stop or show a Prefect server on 127.0.0.1 with PREFECT_HOME="
+        f"{defaults.prefect_home}; runs find it and report to it (instead of starting"
+        " one each).",
+    )
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.set_defaults(handler=_server)
+    ui = commands.add_parser(
+        "ui", help="print (and optionally open) the Prefect UI address of your runs",
+        description="Start the server if it is not up (see `layered server`), then print"
+        " the UI address.",
+    )
+    ui.add_argument("--open", action="store_true", help="also open it in a web browser")
+    ui.set_defaults(handler=_ui)
+
+
+# ---------------------------------------------------------------------------- commands
+def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
+    from layered.data.store import RunStore, new_run_id
+    from layered.flows.request import MatmulRequest, resolve_matmul
+
+    settings = settings.replace(store=args.store, dask_address=args.address,
+                                block_rows=args.block_rows)
+    run_id = args.run_id or new_run_id("matmul")
+    request = MatmulRequest(
+        shape=_tuple(args.shape), seed=args.seed, operands=_tuple(args.operands),
+        bits=_tuple(args.bits), partition=_tuple(args.partition), ordering=args.ordering,
+    )
+    runs = RunStore(settings.store)
+    stored = runs.read_manifest(run_id)
+    spec = resolve_matmul(request, settings, stored["parameters"] if stored else None)
+    runs.check_resumable(run_id, kind="matmul", parameters=spec.parameters)
+
+    def flow_call(flow: Any) -> Any:
+        return flow(
+            shape=args.shape, seed=args.seed, operands=args.operands, bits=args.bits,
+            partition=args.partition, ordering=args.ordering, deadline=args.deadline,
+            tolerance=args.tolerance, store=str(settings.store), run_id=run_id,
+            block_rows=settings.block_rows, return_state=True,
+        )
+
+    state = _run_flow("layered.flows.matmul", "matmul_flow", flow_call, settings)
+    from layered.flows.matmul import matmul_summary
+
+    manifest = RunStore(settings.store).read_manifest(run_id)
+    summary = matmul_summary(manifest or {"run_id": run_id, "resolutions": []}, settings.store)
+    return _report(summary, state, args.json)
+
+
+def _run_flow(
+    module: str, name: str, call: Callable[[Any], Any], settings: Settings
+) -> Any:
+    """Find or start the Prefect API and the cluster, then run the flow; return its state."""
+    import importlib
+
+    from layered.flows.cluster import check_scheduler, local_cluster
+    from layered.flows.server import prefect_api, wait_ready
+
+    if settings.dask_address:
+        check_scheduler(settings.dask_address, settings.scheduler_timeout_s)
+    t0 = time.perf_counter()
+    with ExitStack() as stack:
+        api = stack.enter_context(prefect_api(settings))
+        _say(f"Prefect API: {api.url} ({api.source})")
+        address = settings.dask_address
+        if address is None:  # starts while the server comes up
+            address = stack.enter_context(local_cluster(settings)).scheduler_address
+        wait_ready(api, settings.server_timeout_s)
+        flow = getattr(importlib.import_module(module), name)
+        from layered.flows.cluster import dask_task_runner
+
+        _say(f"ready after {time.perf_counter() - t0:.1f} s; Dask scheduler {address}")
+        t1 = time.perf_counter()
+        state = call(flow.with_options(task_runner=dask_task_runner(settings, address)))
+        _say(f"flow run {state.name} after {time.perf_counter() - t1:.1f} s")
+    _say(f"done after {time.perf_counter() - t0:.1f} s")
+    return state
+
+
+def _report(summary: dict[str, Any], state: Any, json_path: Path | None) -> int:
+    if state.is_failed() or state.is_crashed():
+        summary = {**summary, "status": "Failed", "stopped_reason": None,
+                   "error": str(state.message)}
+    print(json.dumps(summary, indent=2))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return EXIT_FAILED if summary["status"] == "Failed" else 0
+
+
+def _deploy(args: argparse.Namespace, settings: Settings) -> int:
+    from layered.flows.server import prefect_api, start_background, wait_ready
+
+    settings = settings.replace(store=args.store, dask_address=args.address)
+    if not os.environ.get("PREFECT_API_URL"):
+        server = start_background(settings)
+        _say(f"Prefect server: {server.ui_url}")
+    with prefect_api(settings) as api:
+        wait_ready(api, settings.server_timeout_s)
+        from layered.deployments import register_deployments
+
+        for name in register_deployments(settings, pool=args.pool, cron=args.cron):
+            print(f"registered {name} on pool {args.pool!r} ({args.cron}, {settings.timezone})")
+    print(f"run them with: prefect worker start --pool {args.pool}")
+    return 0
+
+
+def _server(args: argparse.Namespace, settings: Settings) -> int:
+    from layered.flows.server import running_server, start_background, stop_background
+
+    if args.action == "start":
+        server = start_background(settings)
+        print(f"Prefect server up: UI {server.ui_url}  (API {server.url}, pid {server.pid})")
+    elif args.action == "stop":
+        stopped = stop_background(settings)
+        print("stopped" if stopped else "no layered server was running")
+    else:
+        server = running_server(settings)
+        print(f"up: UI {server.ui_url}  (API {server.url})" if server else "not running")
+    return 0
+
+
+def _ui(args: argparse.Namespace, settings: Settings) -> int:
+    from layered.flows.server import start_background
+
+    server = start_background(settings)
+    print(f"Prefect UI: {server.ui_url}/runs  (stop it with `layered server stop`)")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(f"{server.ui_url}/runs")
+    return 0
+
+
+# ------------------------------------------------------------------------------- main
+def _tuple(values: Sequence[Any] | None) -> tuple[Any, ...] | None:
+    return None if values is None else tuple(values)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    from layered.data.operands import OperandError
+    from layered.data.store import RunStoreError
+    from layered.flows.cluster import SchedulerUnreachableError
+
+    return (OperandError, RunStoreError, SchedulerUnreachableError, ValueError, SettingsError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``layered`` console script."""
+    try:
+        defaults = Settings.from_env()
+    except SettingsError as exc:
+        print(f"layered: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    args = build_parser(defaults).parse_args(argv)
+    # Quiet by default: the progress lines below are the terminal output of a run.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    progress = logging.getLogger("layered.progress")
+    if not progress.handlers:
+        progress.addHandler(logging.StreamHandler(sys.stderr))
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
+    from layered.flows.server import ServerStartError
+
+    try:
+        return int(args.handler(args, defaults))
+    except _input_errors() as exc:
+        print(f"layered: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ServerStartError as exc:
+        print(f"layered: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

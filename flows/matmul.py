@@ -1,0 +1,299 @@
+"""The layered matmul flow: for each resolution, layer, decide, persist, repeat.
+
+Each resolution is one Prefect task on Dask (row blocks fanned out inside it); after it,
+the flow persists the estimate and its guaranteed bound to the run directory, shows the
+resolution in the UI, and decides whether to stop: at the last resolution, once the bound
+is within the tolerance, or once the deadline has passed (keeping the best resolution so
+far). Re-running a run id resumes after its last persisted resolution.
+
+Examples
+--------
+From Python (a LocalCluster is started for the run)::
+
+    from layered.flows.matmul import matmul_flow
+    state = matmul_flow(shape=[512, 512, 128], seed=0, deadline=30, return_state=True)
+
+From the shell: ``layered run matmul --shape 512 512 128 --deadline 30``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, State
+
+from layered.data.operands import ArraySource, flops_affordable, open_operand, synthetic_operands
+from layered.data.store import Run, RunStore, new_run_id
+from layered.flows.cluster import dask_task_runner
+from layered.flows.request import MatmulRequest, MatmulSpec, resolve_matmul
+from layered.layering.product import truncation_bound
+from layered.settings import Settings
+from layered.tasks import report
+from layered.tasks.matmul import (
+    MatmulJob,
+    ResolutionOutcome,
+    StagedResolution,
+    decide,
+    layer_resolution,
+    prepare_operands,
+)
+
+__all__ = ["matmul_flow", "matmul_summary", "SUMMARY_FIELDS"]
+
+SUMMARY_FIELDS = ("resolution", "elapsed_s", "bound", "max_abs_error")
+
+
+def _flow_run_name() -> str:
+    return f"matmul-{flow_run.parameters.get('run_id') or 'new'}"
+
+
+@flow(
+    name="layered-matmul",
+    flow_run_name=_flow_run_name,
+    task_runner=dask_task_runner(Settings.from_env()),
+    validate_parameters=True,
+)
+def matmul_flow(
+    shape: list[int] | None = None,
+    seed: int | None = None,
+    operands: list[str] | None = None,
+    bits: list[int] | None = None,
+    partition: list[int] | None = None,
+    ordering: str | None = None,
+    deadline: float | None = None,
+    tolerance: float | None = None,
+    store: str | None = None,
+    run_id: str | None = None,
+    block_rows: int | None = None,
+) -> dict[str, Any] | State:
+    """A layered product ``W @ X`` in successive resolutions, persisted and resumable.
+
+    Parameters
+    ----------
+    shape, seed : synthetic operands ``(M, K, N)`` of seeded 8-bit integers.
+    operands : ``[W path, X path]`` (``.npy`` or zarr) instead.
+    bits : magnitude bits per component (partitions chosen from the data).
+    partition : an explicit partitioning vector for both operands.
+    ordering : "anti-diagonal", "one-per-resolution" or "shells".
+    deadline : seconds from the start of this flow run; the run stops when it passes,
+        keeping its best resolution, and ends Cancelled.
+    tolerance : stop once the guaranteed bound is at most this.
+    store : the run store directory.
+    run_id : resume this run (or start it under this id).
+    block_rows : rows of W per Dask block.
+
+    Returns
+    -------
+    dict or State
+        The run summary (see :func:`matmul_summary`), or a Cancelled state when the
+        deadline stopped the run (the summary is in the run's manifest).
+    """
+    started_at = time.time()
+    deadline_at = None if deadline is None else started_at + deadline
+    report.warm_up_plotting()
+    settings = Settings.from_env().replace(store=Path(store) if store else None,
+                                           block_rows=block_rows)
+    runs = RunStore(settings.store)
+    run_id = run_id or new_run_id("matmul")
+    request = MatmulRequest(
+        shape=_tuple(shape), seed=seed, operands=_tuple(operands), bits=_tuple(bits),
+        partition=_tuple(partition), ordering=ordering,
+    )
+    stored = runs.read_manifest(run_id)
+    spec = resolve_matmul(request, settings, stored["parameters"] if stored else None)
+    with runs.open(run_id, kind="matmul", parameters=spec.parameters) as run:
+        prepared = _prepare(run, spec, settings, deadline_at)
+        if isinstance(prepared, State):
+            return _finish(run, runs, "deadline", prepared, started_at)
+        stopped, state = _layer_resolutions(run, prepared, tolerance, deadline_at)
+        return _finish(run, runs, stopped, state, started_at)
+
+
+def _tuple(values: list[Any] | None) -> tuple[Any, ...] | None:
+    return None if values is None else tuple(values)
+
+
+def _layer_resolutions(
+    run: Run, job: MatmulJob, tolerance: float | None, deadline_at: float | None
+) -> tuple[str, State | None]:
+    """The loop of the method: layer, decide, persist, repeat. Returns why it stopped."""
+    total = job.order.resolutions
+    entries = run.completed_resolutions()
+    key = report.artifact_key("matmul", run.run_id)
+    progress = report.start_progress(key, len(entries), total)
+    clock = _Clock(entries[-1]["elapsed_s"] if entries else 0.0)
+    if entries:
+        last = entries[-1]
+        stopped = decide(last["resolution"], total, last["bound"], tolerance, None)
+        if stopped is not None:  # resumed a run that had nothing left to do
+            return stopped, None
+    for resolution in range(len(entries) + 1, total + 1):
+        staged = StagedResolution(
+            run.stage_array(f"estimate-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
+            run.stage_array(f"bound-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
+        )
+        previous = run.array_path(entries[-1]["files"]["estimate"]) if entries else None
+        future = layer_resolution.submit(job, resolution, previous, staged, deadline_at)
+        outcome = _outcome(future)
+        if isinstance(outcome, State):
+            return "deadline", outcome
+        entries.append(_persist(run, outcome, staged, clock.elapsed()))
+        report.announce(report.progress_line(entries[-1], total))
+        report.publish_resolution(key, entries, total, progress)
+        stopped = decide(resolution, total, outcome.bound, tolerance, deadline_at)
+        if stopped is not None:
+            return stopped, None
+    return "completed", None
+
+
+class _Clock:
+    """Seconds of layering so far, continuing a resumed run's clock."""
+
+    def __init__(self, base: float) -> None:
+        self.base, self.start = base, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.base + time.perf_counter() - self.start
+
+
+def _outcome(future: PrefectFuture[Any]) -> Any:
+    """The task's result, or its state if it ended Cancelled (the deadline passed)."""
+    future.wait()
+    if future.state.is_cancelled():
+        return future.state
+    return future.result()
+
+
+def _persist(
+    run: Run, outcome: ResolutionOutcome, staged: StagedResolution, elapsed_s: float
+) -> dict[str, Any]:
+    r = outcome.resolution
+    files = run.commit_arrays({
+        f"resolution-{r}/estimate.npy": staged.estimate,
+        f"resolution-{r}/bound.npy": staged.bound,
+    })
+    entry = {**dataclasses.asdict(outcome), "elapsed_s": elapsed_s, "files": files}
+    run.record_resolution(entry)
+    return entry
+
+
+def _prepare(
+    run: Run, spec: MatmulSpec, settings: Settings, deadline_at: float | None
+) -> MatmulJob | State:
+    """Operands on disk, split into digit files, and the reference product (once per run)."""
+    w, x = _operand_sources(run, spec)
+    job = MatmulJob(
+        w, x, spec.pw, spec.px, spec.order,
+        w_digits=tuple(run.array_path(f"digits/W-{i}.npy") for i in range(spec.pw.m)),
+        x_digits=tuple(run.array_path(f"digits/X-{j}.npy") for j in range(spec.px.m)),
+        block_rows=settings.block_rows,
+    )
+    prepared = run.manifest["prepared"]
+    split = "digits" not in prepared
+    measure = flops_affordable(spec.shape, settings.error_check_limit)
+    reference = measure and "reference" not in prepared
+    if split or reference:
+        staged = _stage_digits(run, job) if split else {}
+        if reference:
+            staged["reference.npy"] = run.stage_array("reference", (spec.shape[0], spec.shape[2]),
+                                                      "<f8")
+        staged_job = dataclasses.replace(
+            job,
+            w_digits=tuple(staged.get(_rel(run, p), p) for p in job.w_digits),
+            x_digits=tuple(staged.get(_rel(run, p), p) for p in job.x_digits),
+        )
+        outcome = _outcome(prepare_operands.submit(
+            staged_job, split, staged.get("reference.npy"), deadline_at
+        ))
+        if isinstance(outcome, State):
+            return outcome
+        run.commit_arrays(staged)
+        if split:
+            run.record_prepared("digits", {"off_grid": list(outcome)})
+        if reference:
+            run.record_prepared("reference", "reference.npy")
+    off_w, off_x = run.manifest["prepared"]["digits"]["off_grid"]
+    return dataclasses.replace(
+        job,
+        reference=run.array_path("reference.npy") if measure else None,
+        truncation=truncation_bound(
+            spec.shape[1], spec.pw.resolution if off_w else 0.0,
+            spec.px.resolution if off_x else 0.0, *spec.max_abs,
+        ),
+    )
+
+
+def _rel(run: Run, path: str) -> str:
+    return str(Path(path).relative_to(run.path))
+
+
+def _stage_digits(run: Run, job: MatmulJob) -> dict[str, str]:
+    """Staged digit files, one per component, keyed by their final relative paths."""
+    staged: dict[str, str] = {}
+    for source, partition, paths in (
+        (job.w, job.pw, job.w_digits), (job.x, job.px, job.x_digits)
+    ):
+        # the digits' dtypes, as the partition makes them
+        dtypes = [d.dtype.str for d in partition.components(np.zeros((1, 1))).digits]
+        for path, dtype in zip(paths, dtypes, strict=True):
+            rel = _rel(run, path)
+            staged[rel] = run.stage_array(rel.replace("/", "-")[:-4], source.shape, dtype)
+    return staged
+
+
+def _operand_sources(run: Run, spec: MatmulSpec) -> tuple[ArraySource, ArraySource]:
+    """Operand files; synthetic operands are generated into the run once."""
+    if spec.w is not None and spec.x is not None:
+        return spec.w, spec.x
+    if "operands" not in run.manifest["prepared"]:
+        W, X = synthetic_operands(spec.shape, spec.request.seed or 0,
+                                  spec.request.value_bits or 8)
+        run.save_array("operands/W.npy", W)
+        run.save_array("operands/X.npy", X)
+        run.record_prepared("operands", {"W": "operands/W.npy", "X": "operands/X.npy"})
+    files = run.manifest["prepared"]["operands"]
+    return (open_operand(run.array_path(files["W"]), "W"),
+            open_operand(run.array_path(files["X"]), "X"))
+
+
+def _finish(
+    run: Run, runs: RunStore, stopped: str, state: State | None, started_at: float
+) -> dict[str, Any] | State:
+    """Plot, publish the summary, record the outcome; Cancelled when the deadline stopped it."""
+    status = "Cancelled" if stopped == "deadline" else "Completed"
+    entries = run.completed_resolutions()
+    plots = report.plot_matmul(entries, run.path / "plots") if entries else []
+    run.record_outcome(status=status, stopped_reason=stopped, started_at=started_at,
+                       finished_at=time.time())
+    summary = matmul_summary(run.manifest, runs.root)
+    report.publish_summary(report.artifact_key("matmul", run.run_id), summary, plots)
+    if stopped == "deadline":
+        kept = entries[-1]["resolution"] if entries else "none"
+        message = state.message if state is not None else "deadline passed"
+        return Cancelled(message=f"{message}; kept resolution {kept}")
+    return summary
+
+
+def matmul_summary(manifest: Mapping[str, Any], store: Path | str) -> dict[str, Any]:
+    """The run summary: ``run_id, status, stopped_reason, store, resolutions``.
+
+    Each resolution lists ``resolution, elapsed_s, bound`` (the largest guaranteed bound)
+    and ``max_abs_error`` (against the truncated one-shot product; None when not measured).
+    """
+    return {
+        "run_id": manifest["run_id"],
+        "status": manifest.get("status"),
+        "stopped_reason": manifest.get("stopped_reason"),
+        "store": str(store),
+        "resolutions": [
+            {k: entry.get(k) for k in SUMMARY_FIELDS} for entry in manifest["resolutions"]
+        ],
+    }

@@ -1,0 +1,176 @@
+"""What a matmul run computes: the user's request, completed and checked before any work.
+
+A request leaves out what the user did not say; :func:`resolve_matmul` fills it from the
+run being resumed (so ``--run-id ID`` alone resumes a run) and then from the settings,
+opens and scans operand files, and chooses the partitions. Everything that can be wrong
+with the input is reported here, before a server, a cluster or a task starts.
+
+Examples
+--------
+>>> from layered.settings import Settings
+>>> spec = resolve_matmul(MatmulRequest(shape=(8, 4, 2), seed=1), Settings())
+>>> spec.shape, spec.pw.points, spec.parameters["ordering"]
+((8, 4, 2), (8, 4, 0), 'anti-diagonal')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from layered.data.operands import (
+    ArraySource,
+    OperandError,
+    check_matmul_shapes,
+    check_shape,
+    check_value_bits,
+    open_operand,
+    scan_operand,
+)
+from layered.layering import Ordering, Partition, PartitionRangeError, resolve_ordering
+from layered.settings import Settings
+
+__all__ = ["MatmulRequest", "MatmulSpec", "resolve_matmul"]
+
+
+@dataclass(frozen=True)
+class MatmulRequest:
+    """A matmul run as asked for; None means "as the resumed run had it, else the default".
+
+    Attributes
+    ----------
+    shape, seed, value_bits
+        Synthetic operands (``value_bits``-bit integers, seeded).
+    operands : (W path, X path)
+        Operand files (``.npy`` or zarr) instead of synthetic ones.
+    bits : tuple of int
+        Magnitude bits per component; the partitions are chosen from the data.
+    partition : tuple of int
+        An explicit partitioning vector for both operands (values must fit it).
+    ordering : str
+    """
+
+    shape: tuple[int, int, int] | None = None
+    seed: int | None = None
+    value_bits: int | None = None
+    operands: tuple[str, str] | None = None
+    bits: tuple[int, ...] | None = None
+    partition: tuple[int, ...] | None = None
+    ordering: str | None = None
+
+    def completed(self, stored: Mapping[str, Any] | None, settings: Settings) -> MatmulRequest:
+        """Fill what is missing from ``stored`` run parameters, then from ``settings``."""
+        if self.operands is not None and (self.shape is not None or self.seed is not None):
+            raise OperandError("give synthetic operands (shape, seed) or operand files, not both")
+        kind = "files" if self.operands else "synthetic" if self.shape or self.seed else None
+        if stored is not None and kind in (None, stored["kind"]):
+            kind = stored["kind"]
+            files = stored["operands"]
+            return _fill(self, {
+                "shape": tuple(stored["shape"]) if kind == "synthetic" else None,
+                "seed": stored["seed"],
+                "value_bits": stored["value_bits"],
+                "operands": (files["W"]["path"], files["X"]["path"]) if files else None,
+                "bits": tuple(stored["bits"]),
+                "partition": tuple(stored["partition"]) if stored["partition"] else None,
+                "ordering": stored["ordering"],
+            })
+        synthetic = kind != "files"
+        return _fill(self, {
+            "shape": settings.shape if synthetic else None,
+            "seed": settings.seed if synthetic else None,
+            "value_bits": settings.value_bits if synthetic else None,
+            "bits": settings.bits,
+            "ordering": settings.ordering,
+        })
+
+
+def _fill(request: MatmulRequest, values: Mapping[str, Any]) -> MatmulRequest:
+    own = {k: getattr(request, k) for k in request.__dataclass_fields__}
+    return MatmulRequest(**{k: own[k] if own[k] is not None else values.get(k) for k in own})
+
+
+@dataclass(frozen=True)
+class MatmulSpec:
+    """A checked matmul run: operands, partitions, ordering, and its manifest parameters.
+
+    ``w`` and ``x`` are None for synthetic operands until the flow generates them.
+    """
+
+    request: MatmulRequest
+    shape: tuple[int, int, int]
+    pw: Partition
+    px: Partition
+    order: Ordering
+    w: ArraySource | None
+    x: ArraySource | None
+    max_abs: tuple[float, float]
+    parameters: dict[str, Any]
+
+
+def resolve_matmul(
+    request: MatmulRequest, settings: Settings, stored: Mapping[str, Any] | None = None
+) -> MatmulSpec:
+    """Complete ``request`` (see :meth:`MatmulRequest.completed`) and check every input.
+
+    Parameters
+    ----------
+    request : MatmulRequest
+    settings : Settings
+    stored : mapping, optional
+        The ``parameters`` of the run being resumed.
+
+    Raises
+    ------
+    OperandError
+        Missing or unreadable files, mismatched shapes, empty or non-numeric operands,
+        NaN/inf values, a bad synthetic shape.
+    PartitionRangeError
+        A value outside an explicit partition's range.
+    ValueError
+        A bad partition, bit list or ordering.
+    """
+    req = request.completed(stored, settings)
+    explicit = Partition(req.partition) if req.partition else None
+    if req.operands is not None:
+        w = open_operand(req.operands[0], "W")
+        x = open_operand(req.operands[1], "X")
+        shape = check_matmul_shapes(w, x)
+        scans = (scan_operand(w, "W", explicit), scan_operand(x, "X", explicit))
+        max_abs = (scans[0].max_abs, scans[1].max_abs)
+        files: dict[str, Any] | None = {
+            name: {"path": src.path, "sha256": scan.sha256, "shape": list(src.shape),
+                   "dtype": src.dtype}
+            for name, src, scan in (("W", w, scans[0]), ("X", x, scans[1]))
+        }
+    else:
+        shape = check_shape(req.shape)
+        w = x = None
+        top = float(2 ** (check_value_bits(req.value_bits or 0) - 1))  # largest |value|
+        _check_synthetic_range(top, explicit)
+        max_abs, files = (top, top), None
+    pw = explicit or Partition.auto([max_abs[0]], bits=req.bits or ())
+    px = explicit or Partition.auto([max_abs[1]], bits=req.bits or ())
+    order = resolve_ordering(req.ordering or "", pw, px)
+    parameters = {
+        "kind": "files" if files else "synthetic",
+        "shape": list(shape),
+        "seed": req.seed,
+        "value_bits": req.value_bits,
+        "operands": files,
+        "bits": list(req.bits or ()),
+        "partition": list(req.partition) if req.partition else None,
+        "ordering": req.ordering,
+        "partition_w": list(pw.points),
+        "partition_x": list(px.points),
+    }
+    return MatmulSpec(req, shape, pw, px, order, w, x, max_abs, parameters)
+
+
+def _check_synthetic_range(top: float, explicit: Partition | None) -> None:
+    if explicit is not None and top >= explicit.limit:
+        raise PartitionRangeError(
+            f"synthetic operands reach |value| = {top:g}, out of range for partition"
+            f" {explicit.points}: |value| must be < 2^p_0 = {explicit.limit:g}"
+        )

@@ -1,0 +1,353 @@
+"""Prefect tasks of the layered matmul pipeline: operand preparation, resolutions, decision.
+
+Each task is worth seconds of work: it runs on a Dask worker and fans the row blocks of W
+out over the cluster with plain Dask (the worker's client), because a Prefect task costs
+about 0.2 s on Dask and a block a few milliseconds. Workers read their rows from the run
+directory (memory-mapped ``.npy``), so operands are never re-sent per resolution, and write
+their rows of the result into files the flow staged. Deadlines are cooperative: the
+absolute deadline travels into the task, which stops waiting when it passes, cancels the
+blocks still queued and ends as ``Cancelled``.
+
+The arithmetic is :func:`layered.layering.resolution_block`; nothing here computes.
+
+Examples
+--------
+The flow calls, for resolution ``r``::
+
+    future = layer_resolution.submit(job, r, previous, staged, deadline_at)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from distributed import as_completed, get_client, secede
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, State
+
+from layered.data.operands import ArraySource, load_split, save_digits
+from layered.layering import Ordering, Partition, SplitOperand, resolution_block
+
+__all__ = [
+    "MatmulJob",
+    "StagedResolution",
+    "ResolutionOutcome",
+    "prepare_operands",
+    "layer_resolution",
+    "decide",
+    "STOP_REASONS",
+]
+
+STOP_REASONS = ("completed", "deadline", "tolerance")
+
+
+@dataclass(frozen=True)
+class MatmulJob:
+    """What every block of a layered ``W @ X`` needs, as paths and small value objects.
+
+    Attributes
+    ----------
+    w, x : ArraySource
+        The operands (read by rows).
+    pw, px : Partition
+    order : Ordering
+    w_digits, x_digits : tuple of str
+        One digit file per component (written by :func:`split_operands`).
+    block_rows : int
+        Rows of W per Dask block.
+    reference : str or None
+        The truncated one-shot product ``W_t @ X_t``, when measured.
+    truncation : float
+        Bound on ``|W @ X - W_t @ X_t|`` (0 for operands on their partitions' grids).
+    """
+
+    w: ArraySource
+    x: ArraySource
+    pw: Partition
+    px: Partition
+    order: Ordering
+    w_digits: tuple[str, ...]
+    x_digits: tuple[str, ...]
+    block_rows: int
+    reference: str | None = None
+    truncation: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.w.shape[0], self.w.shape[1], self.x.shape[1]
+
+    def blocks(self, rows: int | None = None) -> list[tuple[int, int]]:
+        """Row ranges ``(start, stop)`` covering ``rows`` (default: W's rows)."""
+        total = self.w.shape[0] if rows is None else rows
+        return [(s, min(s + self.block_rows, total)) for s in range(0, total, self.block_rows)]
+
+
+@dataclass(frozen=True)
+class StagedResolution:
+    """Staged files a resolution's blocks fill: the estimate and its bound (M x N each)."""
+
+    estimate: str
+    bound: str
+
+
+@dataclass(frozen=True)
+class ResolutionOutcome:
+    """What one resolution task returns to the flow (its arrays are in the staged files).
+
+    Attributes
+    ----------
+    resolution : int
+    bound : float
+        Largest guaranteed elementwise bound on ``|W_t @ X_t - Ω_r|``.
+    static_bound : float
+        The method's static bound for this resolution.
+    max_abs_error : float or None
+        ``max |W_t @ X_t - Ω_r|`` when the reference product was computed.
+    bit_ops, flops : int
+        Cost of the resolution (all blocks).
+    exact : bool
+        Whether every block was exact arithmetic.
+    task_s : float
+        Wall time of the fan-out inside the task (0 for one block).
+    """
+
+    resolution: int
+    bound: float
+    static_bound: float
+    max_abs_error: float | None
+    bit_ops: int
+    flops: int
+    exact: bool
+    task_s: float = 0.0
+
+    @classmethod
+    def combine(cls, blocks: Sequence[ResolutionOutcome], task_s: float) -> ResolutionOutcome:
+        """The outcome of a whole resolution from those of its row blocks."""
+        errors = [b.max_abs_error for b in blocks if b.max_abs_error is not None]
+        return cls(
+            resolution=blocks[0].resolution,
+            bound=max(b.bound for b in blocks),
+            static_bound=blocks[0].static_bound,
+            max_abs_error=max(errors) if errors else None,
+            bit_ops=sum(b.bit_ops for b in blocks),
+            flops=sum(b.flops for b in blocks),
+            exact=all(b.exact for b in blocks),
+            task_s=task_s,
+        )
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One block of work: ``fn(*args)``, named ``label`` on the Dask dashboard."""
+
+    label: str
+    fn: Callable[..., object]
+    args: tuple[object, ...]
+
+
+def _fan_out(calls: Sequence[_Call], deadline: float | None) -> list[Any] | None:
+    """Run every call on the cluster; their results in order.
+
+    Returns None (after cancelling the calls not yet finished) if ``deadline`` passes.
+    """
+    # Leave the worker's thread pool so the blocks can use its thread, and never rejoin:
+    # rejoining waits for a free thread, i.e. for a running block to end, which would
+    # delay the deadline by up to one block.
+    secede()
+    client = get_client()
+    token = uuid.uuid4().hex[:8]  # distinct keys for concurrent runs on one cluster
+    futures = [client.submit(c.fn, *c.args, key=f"{c.label}-{token}") for c in calls]
+    try:
+        timeout = None if deadline is None else max(0.0, deadline - time.time())
+        for _ in as_completed(futures, timeout=timeout):
+            pass
+    except TimeoutError:
+        client.cancel(futures)
+        return None
+    return list(client.gather(futures))
+
+
+def _deadline_state(what: str, deadline: float) -> State:
+    late = time.time() - deadline
+    return Cancelled(message=f"deadline passed {late:.2f} s ago during {what}; stopped")
+
+
+# --------------------------------------------------------------------------- prepare
+def _split_block(
+    source: ArraySource, partition: Partition, name: str, paths: tuple[str, ...],
+    rows: tuple[int, int],
+) -> bool:
+    """Split rows of an operand into digit files; True if any value was off the grid."""
+    block = source.rows(*rows)
+    save_digits(partition.components(block, name=name), paths, rows)
+    if block.dtype.kind in "iu" and partition.points[-1] <= 0:
+        return False  # integers are on every grid of step 2**p, p <= 0
+    return bool(np.any(partition.truncate(block) != block))
+
+
+@functools.lru_cache(maxsize=2)
+def _truncated(source: ArraySource, partition: Partition, stamp: tuple[int, int]) -> np.ndarray:
+    # Cached per worker process: every block of the reference product needs all of X.
+    return partition.truncate(source.read())
+
+
+def _reference_block(job: MatmulJob, out: str, rows: tuple[int, int]) -> None:
+    """Rows of the one-shot float64 product of the truncated operands."""
+    w_t = job.pw.truncate(job.w.rows(*rows))
+    x_t = _truncated(job.x, job.px, _stamp(job.x.path))
+    target = np.load(out, mmap_mode="r+")
+    target[rows[0] : rows[1]] = w_t @ x_t
+    target.flush()
+
+
+@task(task_run_name="prepare-operands", cache_policy=NO_CACHE)
+def prepare_operands(
+    job: MatmulJob, split: bool, reference: str | None, deadline: float | None
+) -> tuple[bool, bool] | State:
+    """Split W and X into their digit files and compute the reference product, by blocks.
+
+    Parameters
+    ----------
+    job : MatmulJob
+        ``w_digits`` and ``x_digits`` name the (staged) digit files to fill.
+    split : bool
+        Whether to split (False when a resumed run has its digits).
+    reference : str or None
+        Staged file for ``W_t @ X_t``, or None to skip it.
+    deadline : float or None
+
+    Returns
+    -------
+    (bool, bool) or State
+        Whether W and X had values off their partitions' finest grids (False, False when
+        not split), or Cancelled if the deadline passed.
+    """
+    calls = []
+    if split:
+        for source, partition, name, paths in (
+            (job.w, job.pw, "W", job.w_digits), (job.x, job.px, "X", job.x_digits)
+        ):
+            calls += [_Call(f"split-{name}-rows-{a}-{b}", _split_block,
+                            (source, partition, name, paths, (a, b)))
+                      for a, b in job.blocks(source.shape[0])]
+    n_split = len(calls)
+    if reference is not None:
+        calls += [_Call(f"reference-rows-{a}-{b}", _reference_block, (job, reference, (a, b)))
+                  for a, b in job.blocks()]
+    results = _fan_out(calls, deadline)
+    if results is None:
+        return _deadline_state("the operand preparation", deadline or 0.0)
+    off_w = any(results[: len(job.blocks())]) if split else False
+    off_x = any(results[len(job.blocks()) : n_split]) if split else False
+    return off_w, off_x
+
+
+# ------------------------------------------------------------------------ resolutions
+def _stamp(path: str) -> tuple[int, int]:
+    if os.path.isdir(path):
+        path = os.path.join(path, "zarr.json")
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=2)
+def _x_split(paths: tuple[str, ...], partition: Partition, stamps: tuple) -> SplitOperand:
+    # Cached per worker process: X's digits, kernel conversions and column statistics are
+    # made once and serve every block of every resolution the worker runs.
+    return load_split(paths, partition, "X")
+
+
+def _layer_block(
+    job: MatmulJob, resolution: int, previous: str | None, out: StagedResolution,
+    rows: tuple[int, int],
+) -> ResolutionOutcome:
+    start, stop = rows
+    w = load_split(job.w_digits, job.pw, "W", rows)
+    x = _x_split(job.x_digits, job.px, tuple(_stamp(p) for p in job.x_digits))
+    prev = None if previous is None else np.load(previous, mmap_mode="r")[start:stop]
+    res = resolution_block(w, x, job.order, resolution, prev, truncation=job.truncation)
+    for path, values in ((out.estimate, res.estimate), (out.bound, res.bound)):
+        target = np.load(path, mmap_mode="r+")
+        target[start:stop] = values
+        target.flush()
+    error = None
+    if job.reference is not None:
+        ref = np.load(job.reference, mmap_mode="r")[start:stop]
+        error = float(np.max(np.abs(ref - res.estimate)))
+    return ResolutionOutcome(
+        resolution, res.max_bound, res.static_bound, error, res.bit_ops, res.flops, res.exact
+    )
+
+
+@task(task_run_name="resolution-{resolution}", cache_policy=NO_CACHE)
+def layer_resolution(
+    job: MatmulJob,
+    resolution: int,
+    previous: str | None,
+    out: StagedResolution,
+    deadline: float | None,
+) -> ResolutionOutcome | State:
+    """Resolution ``r`` of the layered product: ``Ω_r = Ω_{r-1} + group r``, all row blocks.
+
+    Parameters
+    ----------
+    job : MatmulJob
+    resolution : int
+        1-based resolution.
+    previous : str or None
+        Committed ``Ω_{r-1}`` file (None for the first resolution).
+    out : StagedResolution
+        Staged files to fill.
+    deadline : float or None
+        Absolute time (``time.time()``) after which the task stops and ends Cancelled.
+    """
+    t0 = time.perf_counter()
+    blocks = _fan_out(
+        [_Call(f"resolution-{resolution}-rows-{a}-{b}", _layer_block,
+               (job, resolution, previous, out, (a, b))) for a, b in job.blocks()],
+        deadline,
+    )
+    if blocks is None:
+        return _deadline_state(f"resolution {resolution}", deadline or 0.0)
+    return ResolutionOutcome.combine(blocks, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- decision
+@task(task_run_name="decide-{resolution}", cache_policy=NO_CACHE)
+def decide(
+    resolution: int,
+    resolutions: int,
+    bound: float,
+    tolerance: float | None,
+    deadline: float | None,
+    now: float | None = None,
+) -> str | None:
+    """Why the job stops after ``resolution``, or None to go on.
+
+    ``"completed"`` after the last resolution, ``"tolerance"`` once the guaranteed bound
+    is within ``tolerance``, ``"deadline"`` once the deadline has passed (the job keeps
+    this resolution).
+
+    Examples
+    --------
+    >>> decide.fn(1, 3, bound=5.0, tolerance=10.0, deadline=None)
+    'tolerance'
+    >>> decide.fn(1, 3, bound=5.0, tolerance=None, deadline=100.0, now=50.0) is None
+    True
+    """
+    if resolution >= resolutions:
+        return "completed"
+    if tolerance is not None and bound <= tolerance:
+        return "tolerance"
+    now = time.time() if now is None else now
+    if deadline is not None and now >= deadline:
+        return "deadline"
+    return None

@@ -1,0 +1,259 @@
+"""The matmul flow on real clusters: identical to layered_matmul, deadlines, tolerance, resume.
+
+Every persisted estimate is compared bit for bit with :func:`layered_matmul` called
+directly, and every persisted bound is checked against an independent exact one-shot
+product computed here in integer arithmetic.
+"""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from layered.data.operands import synthetic_operands
+from layered.layering import (
+    Ordering,
+    Partition,
+    SplitOperand,
+    layered_matmul,
+    resolution_block,
+)
+from layered.tasks.matmul import _Call, _fan_out, decide
+
+SUMMARY_KEYS = {"run_id", "status", "stopped_reason", "store", "resolutions"}
+RESOLUTION_KEYS = {"resolution", "elapsed_s", "bound", "max_abs_error"}
+
+
+def exact_product(W, X, pw, px):
+    """W_t @ X_t in exact integer arithmetic on the partitions' finest grids."""
+    wq = np.trunc(np.asarray(W, dtype=np.float64) / 2.0 ** pw.points[-1]).astype(np.int64)
+    xq = np.trunc(np.asarray(X, dtype=np.float64) / 2.0 ** px.points[-1]).astype(np.int64)
+    return (wq @ xq).astype(np.float64) * 2.0 ** (pw.points[-1] + px.points[-1])
+
+
+def read_manifest(store, run_id):
+    return json.loads((Path(store) / run_id / "manifest.json").read_text())
+
+
+def assert_run_matches_layered_matmul(store, run_id, W, X):
+    """Each persisted resolution equals layered_matmul's; its bound holds. Returns the manifest."""
+    manifest = read_manifest(store, run_id)
+    params = manifest["parameters"]
+    pw, px = Partition(params["partition_w"]), Partition(params["partition_x"])
+    direct = list(layered_matmul(W, X, pw, px, ordering=params["ordering"]))
+    exact = exact_product(W, X, pw, px)
+    assert manifest["resolutions"], "no resolution persisted"
+    for entry, res in zip(manifest["resolutions"], direct, strict=False):
+        run_dir = Path(store) / run_id
+        estimate = np.load(run_dir / entry["files"]["estimate"])
+        bound = np.load(run_dir / entry["files"]["bound"])
+        assert np.array_equal(estimate, res.estimate), f"resolution {res.resolution}"
+        assert np.all(np.abs(exact - estimate) <= bound)
+        np.testing.assert_allclose(bound, np.broadcast_to(res.bound, bound.shape), rtol=1e-12)
+        assert entry["bound"] == pytest.approx(res.max_bound, rel=1e-12)
+        assert entry["max_abs_error"] == float(np.max(np.abs(exact - estimate)))
+        assert entry["bit_ops"] == res.bit_ops
+    return manifest
+
+
+# ------------------------------------------------------------------------ pure pieces
+@pytest.mark.parametrize("ordering", ["anti-diagonal", "one-per-resolution", "shells"])
+def test_resolution_blocks_chained_by_rows_equal_layered_matmul(ordering):
+    rng = np.random.default_rng(1)
+    W, X = rng.uniform(-4, 4, (37, 29)), rng.uniform(-2, 2, (29, 5))
+    pw, px = Partition((2, 0, -2, -3)), Partition((1, -1, -4))
+    order = Ordering.anti_diagonal(3, 2) if ordering == "anti-diagonal" else ordering
+    direct = list(layered_matmul(W, X, pw, px, ordering=order))
+    x = SplitOperand(X, px, name="X")
+    blocks = [(0, 10), (10, 11), (11, 37)]
+    previous = [None] * len(blocks)
+    for res in direct:
+        parts = []
+        for b, (a, z) in enumerate(blocks):
+            w = SplitOperand(W[a:z], pw, name="W")
+            from layered.layering import resolve_ordering
+
+            part = resolution_block(w, x, resolve_ordering(order, pw, px), res.resolution,
+                                    previous[b])
+            previous[b] = part.estimate
+            parts.append(part)
+        assert np.array_equal(np.vstack([p.estimate for p in parts]), res.estimate)
+        assert sum(p.bit_ops for p in parts) == res.bit_ops
+        bound = np.vstack([np.broadcast_to(p.bound, p.estimate.shape) for p in parts])
+        np.testing.assert_allclose(bound, np.broadcast_to(res.bound, bound.shape), rtol=1e-12)
+
+
+def test_decide_stops_at_the_last_resolution_the_tolerance_or_the_deadline():
+    assert decide.fn(3, 3, bound=0.0, tolerance=None, deadline=None) == "completed"
+    assert decide.fn(1, 3, bound=5.0, tolerance=5.0, deadline=None) == "tolerance"
+    assert decide.fn(1, 3, bound=5.0, tolerance=4.9, deadline=None) is None
+    assert decide.fn(2, 3, bound=5.0, tolerance=None, deadline=10.0, now=10.0) == "deadline"
+    assert decide.fn(2, 3, bound=5.0, tolerance=None, deadline=10.0, now=9.9) is None
+
+
+def _sleep_block(seconds, marker_dir, i):
+    time.sleep(seconds)
+    (Path(marker_dir) / f"done-{i}").touch()
+
+
+def _fan_out_with_deadline(marker_dir, deadline):
+    calls = [_Call(f"sleep-{i}", _sleep_block, (0.8, marker_dir, i)) for i in range(20)]
+    result = _fan_out(calls, deadline)
+    return result, time.time()
+
+
+def test_fan_out_returns_at_the_deadline_and_cancels_queued_blocks(
+    local_cluster_address, tmp_path
+):
+    from distributed import Client
+
+    with Client(local_cluster_address, set_as_default=False) as client:
+        deadline = time.time() + 2.0
+        result, returned = client.submit(
+            _fan_out_with_deadline, str(tmp_path), deadline, pure=False
+        ).result(timeout=60)
+        time.sleep(1.0)  # let the blocks running at the deadline finish
+    done = len(list(tmp_path.iterdir()))
+    assert result is None
+    assert returned - deadline < 0.6  # within a block's time (0.8 s), running ones not awaited
+    # 2 workers x 0.8 s blocks: about 4 done by the deadline and 2 running; 20 if not cancelled.
+    assert 0 < done <= 8, done
+
+
+# ------------------------------------------------------------------------------ flows
+def test_flow_on_a_local_cluster_equals_layered_matmul(local_cluster_address, run_matmul, tmp_path):
+    store = tmp_path / "runs"
+    state = run_matmul(local_cluster_address, shape=[300, 200, 50], seed=3, run_id="local",
+                       block_rows=64, store=str(store))
+    assert state.is_completed()
+    summary = state.result()
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["status"] == "Completed" and summary["stopped_reason"] == "completed"
+    assert [set(r) for r in summary["resolutions"]] == [RESOLUTION_KEYS] * 3
+    W, X = synthetic_operands((300, 200, 50), seed=3)
+    manifest = assert_run_matches_layered_matmul(store, "local", W, X)
+    assert manifest["parameters"]["partition_w"] == [8, 4, 0]  # 8-bit integers split 4+4
+    assert summary["resolutions"][-1]["bound"] == 0.0
+    assert summary["resolutions"][-1]["max_abs_error"] == 0.0
+    plot = store / "local" / "plots" / "bound_error_by_resolution.png"
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    table, progress, markdown = _latest_artifacts(["matmul-local", "matmul-local-progress",
+                                                   "matmul-local-summary"])
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [row["resolution"] for row in rows] == [1, 2, 3]
+    assert set(rows[0]) == {"resolution", "elapsed_s", "bound", "max_abs_error", "bit_ops",
+                            "flops"}
+    assert progress.data == 100.0
+    assert plot.resolve().as_uri() in markdown.data
+
+
+def _latest_artifacts(keys):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactCollectionFilter,
+        ArtifactCollectionFilterKey,
+    )
+
+    with get_client(sync_client=True) as client:
+        return [
+            client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+                key=ArtifactCollectionFilterKey(any_=[key])))[0]
+            for key in keys
+        ]
+
+
+@pytest.mark.slow
+def test_flow_on_a_loopback_cluster_with_npy_and_zarr_operands_equals_layered_matmul(
+    loopback_cluster_address, run_matmul, tmp_path
+):
+    rng = np.random.default_rng(7)
+    W = rng.uniform(-3.9, 3.9, (130, 70))  # off the finest grid: truncation matters
+    X = rng.uniform(-1.9, 1.9, (70, 9)).astype(np.float32)
+    np.save(tmp_path / "W.npy", W)
+    z = zarr.create_array(store=str(tmp_path / "X.zarr"), shape=X.shape, dtype=X.dtype,
+                          chunks=(32, 9))
+    z[:] = X
+    store = tmp_path / "runs"
+    state = run_matmul(
+        loopback_cluster_address, operands=[str(tmp_path / "W.npy"), str(tmp_path / "X.zarr")],
+        bits=[3, 3], ordering="one-per-resolution", run_id="loop", block_rows=32,
+        store=str(store),
+    )
+    assert state.is_completed(), state.message
+    manifest = assert_run_matches_layered_matmul(store, "loop", W, X)
+    assert len(manifest["resolutions"]) == 4
+    assert manifest["parameters"]["operands"]["X"]["path"].endswith("X.zarr")
+
+
+@pytest.fixture(scope="module")
+def tolerance_stopped_run(local_cluster_address, run_matmul, tmp_path_factory):
+    """A run stopped by its tolerance after resolution 1 (a template, copied by tests)."""
+    W, X = synthetic_operands((256, 160, 40), seed=11)
+    p = Partition((8, 4, 0))
+    first_bound = next(iter(layered_matmul(W, X, p, p))).max_bound
+    store = tmp_path_factory.mktemp("template") / "runs"
+    state = run_matmul(local_cluster_address, shape=[256, 160, 40], seed=11, run_id="stopped",
+                       tolerance=first_bound, block_rows=64, store=str(store))
+    return store, state, (W, X)
+
+
+def test_tolerance_stops_once_the_bound_is_within_it(tolerance_stopped_run):
+    store, state, (W, X) = tolerance_stopped_run
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["stopped_reason"] == "tolerance" and summary["status"] == "Completed"
+    assert [r["resolution"] for r in summary["resolutions"]] == [1]
+    assert_run_matches_layered_matmul(store, "stopped", W, X)
+
+
+def _copy_run(template_store, tmp_path):
+    store = tmp_path / "runs"
+    shutil.copytree(template_store, store)
+    return store
+
+
+def _task_runs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {run.name: run.state_name for run in runs}
+
+
+def test_deadline_stops_the_run_cancelled_keeping_its_best_resolution(
+    tolerance_stopped_run, local_cluster_address, run_matmul, tmp_path
+):
+    template, _, (W, X) = tolerance_stopped_run
+    store = _copy_run(template, tmp_path)
+    state = run_matmul(local_cluster_address, run_id="stopped", deadline=0.0, store=str(store))
+    assert state.is_cancelled()
+    assert "kept resolution 1" in state.message
+    manifest = assert_run_matches_layered_matmul(store, "stopped", W, X)
+    assert manifest["status"] == "Cancelled" and manifest["stopped_reason"] == "deadline"
+    assert [r["resolution"] for r in manifest["resolutions"]] == [1]
+    assert not (store / "stopped" / "resolution-2").exists()  # nothing half-written visible
+    assert _task_runs(state.state_details.flow_run_id)["resolution-2"] == "Cancelled"
+
+
+def test_resume_computes_only_the_resolutions_not_persisted(
+    tolerance_stopped_run, local_cluster_address, run_matmul, tmp_path
+):
+    template, _, (W, X) = tolerance_stopped_run
+    store = _copy_run(template, tmp_path)
+    first = store / "stopped" / "resolution-1" / "estimate.npy"
+    before = first.stat().st_mtime_ns
+    state = run_matmul(local_cluster_address, run_id="stopped", store=str(store))
+    assert state.is_completed()
+    assert state.result()["stopped_reason"] == "completed"
+    manifest = assert_run_matches_layered_matmul(store, "stopped", W, X)
+    assert [r["resolution"] for r in manifest["resolutions"]] == [1, 2, 3]
+    assert first.stat().st_mtime_ns == before
+    names = set(_task_runs(state.state_details.flow_run_id))
+    assert {n for n in names if not n.startswith("decide")} == {"resolution-2", "resolution-3"}
