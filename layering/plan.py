@@ -68,9 +68,21 @@ class ProductPlan:
     order : Ordering
     kernel : ProductKernel
     reuse : {"none", "karatsuba", "panel"}
+    kept : dict, optional
+        Products kept by an earlier plan of the same operands (see :attr:`kept`), so a
+        plan can go on where another stopped, in another call or process. A product
+        missing from it is simply computed when needed: reuse never changes results.
     """
 
-    def __init__(self, w, x, order: Ordering, kernel: ProductKernel, reuse: str) -> None:
+    def __init__(
+        self,
+        w,
+        x,
+        order: Ordering,
+        kernel: ProductKernel,
+        reuse: str,
+        kept: dict[tuple[int, int], np.ndarray] | None = None,
+    ) -> None:
         self.w, self.x, self.kernel, self.reuse = w, x, kernel, reuse
         self.inner = w.shape[1]
         self.steps = [self._plan_group(group) for group in order.groups]
@@ -80,7 +92,12 @@ class ProductPlan:
             for step in steps:
                 for pair in self._uses(step):
                     self._last_use[pair] = r
-        self._kept: dict[tuple[int, int], np.ndarray] = {}
+        self._kept: dict[tuple[int, int], np.ndarray] = dict(kept or {})
+
+    @property
+    def kept(self) -> dict[tuple[int, int], np.ndarray]:
+        """Digit-unit products computed early and kept for a later resolution."""
+        return dict(self._kept)
 
     # ------------------------------------------------------------------ planning
     def _dtype(self, max_w: int, max_x: int) -> np.dtype:

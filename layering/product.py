@@ -334,7 +334,9 @@ def resolution_block(
     bound: str = "data",
     kernel: ProductKernel | None = None,
     truncation: float = 0.0,
-) -> LayeredResult:
+    kept: dict[tuple[int, int], np.ndarray] | None = None,
+    reuse: str = "none",
+) -> tuple[LayeredResult, dict[tuple[int, int], np.ndarray]]:
     """One resolution of ``W @ X`` for a block of W's rows, from the previous estimate.
 
     ``Ω_r = Ω_{r-1} + Σ_{(i, j) in group r} W_i X_j`` for the rows ``w`` holds, with the
@@ -359,19 +361,28 @@ def resolution_block(
     kernel : ProductKernel, optional
     truncation : float
         The product's truncation bound, reported as is (it needs the whole operands).
+    kept : dict, optional
+        Products the previous resolution of these rows kept for later ones (the second
+        value this function returned then); None or a partial dict is always correct,
+        the missing products are computed.
+    reuse : {"none", "karatsuba", "panel", "auto"}
+        Product plan (see :mod:`.plan`); with ``kept`` carried from resolution to
+        resolution a block does the same GEMMs as :func:`layered_matmul`.
 
     Returns
     -------
-    LayeredResult
-        For these rows; ``bit_ops`` and ``flops`` count these rows only.
+    (LayeredResult, dict)
+        The result for these rows (``bit_ops`` and ``flops`` count these rows only), and
+        the products kept for the next resolution.
 
     Examples
     --------
     >>> W = np.array([[3.0, -7.0], [12.0, 5.0]]); X = np.array([[1.0], [-2.0]])
     >>> p = Partition((4, 2, 0)); order = Ordering.anti_diagonal(2, 2)
     >>> x = SplitOperand(X, p, name="X")
-    >>> first = resolution_block(SplitOperand(W[1:], p, name="W"), x, order, 1)
-    >>> second = resolution_block(SplitOperand(W[1:], p, name="W"), x, order, 2, first.estimate)
+    >>> first, kept = resolution_block(SplitOperand(W[1:], p, name="W"), x, order, 1)
+    >>> second, kept = resolution_block(SplitOperand(W[1:], p, name="W"), x, order, 2,
+    ...                                 first.estimate, kept=kept)
     >>> second.estimate.ravel().tolist()
     [4.0]
     """
@@ -390,11 +401,16 @@ def resolution_block(
         omega[...] = previous
     elif resolution > 1:
         raise ValueError(f"resolution {resolution} needs the previous estimate")
-    # A fresh plan for one resolution: reuse across resolutions would need kept products.
-    plan = ProductPlan(w, x, order, kernel or NumpyKernel(), "none")
+    strategy = choose_reuse(reuse, n, x.partition.m)
+    if strategy != "none" and resolution > 1 and not kept:
+        # Nothing carried over (first call here, or a lost worker): reuse would compute
+        # products for later resolutions that nobody may keep. Plain products instead.
+        strategy = "none"
+    plan = ProductPlan(w, x, order, kernel or NumpyKernel(), strategy, kept=kept)
     added, flops, dtypes = plan.resolution(resolution - 1)
     omega += added
-    return _result(w, x, order, resolution, omega, flops, dtypes, bound, truncation)
+    result = _result(w, x, order, resolution, omega, flops, dtypes, bound, truncation)
+    return result, plan.kept
 
 
 def _result(

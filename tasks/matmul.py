@@ -23,6 +23,7 @@ import functools
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,9 @@ class MatmulJob:
         The truncated one-shot product ``W_t @ X_t``, when measured.
     truncation : float
         Bound on ``|W @ X - W_t @ X_t|`` (0 for operands on their partitions' grids).
+    reuse : str
+        Product plan of every block (see :mod:`layered.layering.plan`); a block keeps the
+        products it computed early on its worker until the resolution that adds them.
     """
 
     w: ArraySource
@@ -79,6 +83,7 @@ class MatmulJob:
     block_rows: int
     reference: str | None = None
     truncation: float = 0.0
+    reuse: str = "auto"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -153,9 +158,14 @@ class _Call:
     args: tuple[object, ...]
 
 
-def _fan_out(calls: Sequence[_Call], deadline: float | None) -> list[Any] | None:
+def _fan_out(
+    calls: Sequence[_Call], deadline: float | None, pinned: bool = False
+) -> list[Any] | None:
     """Run every call on the cluster; their results in order.
 
+    With ``pinned``, call ``i`` prefers the ``i``-th worker (round robin, by address), so
+    the same row block lands on the same worker at every resolution and finds what that
+    worker kept for it; any worker may still take it (a lost worker costs only reuse).
     Returns None (after cancelling the calls not yet finished) if ``deadline`` passes.
     """
     # Leave the worker's thread pool so the blocks can use its thread, and never rejoin:
@@ -164,7 +174,15 @@ def _fan_out(calls: Sequence[_Call], deadline: float | None) -> list[Any] | None
     secede()
     client = get_client()
     token = uuid.uuid4().hex[:8]  # distinct keys for concurrent runs on one cluster
-    futures = [client.submit(c.fn, *c.args, key=f"{c.label}-{token}") for c in calls]
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"]) if pinned else []
+    futures = [
+        client.submit(
+            c.fn, *c.args, key=f"{c.label}-{token}",
+            workers=[workers[i % len(workers)]] if workers else None,
+            allow_other_workers=bool(workers),
+        )
+        for i, c in enumerate(calls)
+    ]
     try:
         timeout = None if deadline is None else max(0.0, deadline - time.time())
         for _ in as_completed(futures, timeout=timeout):
@@ -265,6 +283,13 @@ def _x_split(paths: tuple[str, ...], partition: Partition, stamps: tuple) -> Spl
     return load_split(paths, partition, "X")
 
 
+#: Per worker process: products a row block computed early for a later resolution (the
+#: product plans of :mod:`layered.layering.plan`), by (digit files, rows) -> (resolution
+#: they are for, products). Losing them (another worker, a restart) costs only reuse.
+_KEPT: OrderedDict[tuple[object, ...], tuple[int, dict]] = OrderedDict()
+_KEPT_ENTRIES = 1024
+
+
 def _layer_block(
     job: MatmulJob, resolution: int, previous: str | None, out: StagedResolution,
     rows: tuple[int, int],
@@ -273,7 +298,16 @@ def _layer_block(
     w = load_split(job.w_digits, job.pw, "W", rows)
     x = _x_split(job.x_digits, job.px, tuple(_stamp(p) for p in job.x_digits))
     prev = None if previous is None else np.load(previous, mmap_mode="r")[start:stop]
-    res = resolution_block(w, x, job.order, resolution, prev, truncation=job.truncation)
+    key = (job.w_digits, job.x_digits, rows)
+    for_resolution, kept = _KEPT.pop(key, (0, {}))
+    res, kept = resolution_block(
+        w, x, job.order, resolution, prev, truncation=job.truncation,
+        kept=kept if for_resolution == resolution else None, reuse=job.reuse,
+    )
+    if kept and resolution < job.order.resolutions:
+        _KEPT[key] = (resolution + 1, kept)
+        while len(_KEPT) > _KEPT_ENTRIES:
+            _KEPT.popitem(last=False)
     for path, values in ((out.estimate, res.estimate), (out.bound, res.bound)):
         target = np.load(path, mmap_mode="r+")
         target[start:stop] = values
@@ -314,6 +348,7 @@ def layer_resolution(
         [_Call(f"resolution-{resolution}-rows-{a}-{b}", _layer_block,
                (job, resolution, previous, out, (a, b))) for a, b in job.blocks()],
         deadline,
+        pinned=True,
     )
     if blocks is None:
         return _deadline_state(f"resolution {resolution}", deadline or 0.0)

@@ -130,7 +130,7 @@ def refine_rows(
     if started >= deadline:
         return MiniJobResult(None, started, 0.0)
     before = None if previous is None else previous.estimate
-    estimate = resolution_block(rows, x, order, resolution, before, bound="static").estimate
+    estimate = resolution_block(rows, x, order, resolution, before, bound="static")[0].estimate
     computed = time.time()
     due = started + duration_s
     time.sleep(max(0.0, min(due, deadline) - computed))

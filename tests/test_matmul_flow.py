@@ -21,6 +21,7 @@ from layered.layering import (
     SplitOperand,
     layered_matmul,
     resolution_block,
+    resolve_ordering,
 )
 from layered.tasks.matmul import _Call, _fan_out, decide
 
@@ -71,18 +72,21 @@ def test_resolution_blocks_chained_by_rows_equal_layered_matmul(ordering):
     x = SplitOperand(X, px, name="X")
     blocks = [(0, 10), (10, 11), (11, 37)]
     previous = [None] * len(blocks)
+    kept = [None] * len(blocks)
     for res in direct:
         parts = []
         for b, (a, z) in enumerate(blocks):
             w = SplitOperand(W[a:z], pw, name="W")
-            from layered.layering import resolve_ordering
-
-            part = resolution_block(w, x, resolve_ordering(order, pw, px), res.resolution,
-                                    previous[b])
+            part, kept[b] = resolution_block(
+                w, x, resolve_ordering(order, pw, px), res.resolution, previous[b],
+                kept=kept[b], reuse="auto",
+            )
             previous[b] = part.estimate
             parts.append(part)
         assert np.array_equal(np.vstack([p.estimate for p in parts]), res.estimate)
         assert sum(p.bit_ops for p in parts) == res.bit_ops
+        # with kept products carried over, the blocks do the GEMMs layered_matmul does
+        assert sum(p.flops for p in parts) == res.flops
         bound = np.vstack([np.broadcast_to(p.bound, p.estimate.shape) for p in parts])
         np.testing.assert_allclose(bound, np.broadcast_to(res.bound, bound.shape), rtol=1e-12)
 
