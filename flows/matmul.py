@@ -52,7 +52,9 @@ SUMMARY_FIELDS = ("resolution", "elapsed_s", "bound", "max_abs_error")
 
 
 def _flow_run_name() -> str:
-    return f"matmul-{flow_run.parameters.get('run_id') or 'new'}"
+    # run ids made here already read "matmul-<time>-<token>"
+    run_id = flow_run.parameters.get("run_id")
+    return run_id if run_id and run_id.startswith("matmul") else f"matmul-{run_id or 'new'}"
 
 
 @flow(

@@ -102,9 +102,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _server_env(home: Path) -> dict[str, str]:
+def _server_env(home: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_PROFILE")}
-    env.update(QUIET_ENV, PREFECT_HOME=str(home))
+    # The bundled UI calls the API at PREFECT_SERVER_UI_API_URL, which otherwise names the
+    # default port 4200 whatever port the server listens on.
+    env.update(QUIET_ENV, PREFECT_HOME=str(home), PREFECT_SERVER_UI_API_URL=api_url(port))
     return env
 
 
@@ -116,7 +118,7 @@ def _launch(home: Path, source: str) -> ApiServer:
            "--port", str(port)]
     with open(home / "server.log", "ab") as log:
         proc = subprocess.Popen(
-            cmd, env=_server_env(home), stdout=log, stderr=subprocess.STDOUT,
+            cmd, env=_server_env(home, port), stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     return ApiServer(api_url(port), source, proc.pid, home)
