@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,20 @@ def test_embedded_default_runs_on_a_fresh_home_with_no_prefect_api(tmp_path):
     final = list(layered_matmul(W, X, Partition((8, 4, 0)), Partition((8, 4, 0))))[-1]
     estimate = np.load(tmp_path / "runs" / "cli" / "resolution-3" / "estimate.npy")
     assert np.array_equal(estimate, final.estimate)
+
+
+@pytest.mark.slow
+def test_a_server_started_here_points_its_ui_at_its_own_port(tmp_path):
+    """The bundled UI asks /ui-settings where the API is; it must name the port the server
+    listens on, not Prefect's default 4200, or the UI shows no runs."""
+    from layered.flows.server import _launch, _stop_group, wait_ready
+
+    server = _launch(tmp_path / "prefect-home", "test")
+    try:
+        wait_ready(server, timeout=120)
+        base = server.url.removesuffix("/api")
+        with urllib.request.urlopen(f"{base}/ui-settings", timeout=10) as response:
+            settings = json.load(response)
+        assert settings["api_url"] == server.url
+    finally:
+        _stop_group(server.pid)
