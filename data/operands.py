@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from layered.data.store import npy_header
 from layered.layering import Components, Partition, PartitionRangeError, SplitOperand
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "scan_operand",
     "check_matmul_shapes",
     "check_shape",
+    "check_seed",
     "check_value_bits",
     "flops_affordable",
     "synthetic_operands",
@@ -44,8 +46,9 @@ __all__ = [
     "load_split",
 ]
 
-# Rows read at a time when scanning a whole operand: bounded memory for any size.
-_SCAN_BYTES = 1 << 26
+# Values scanned at a time (converted to float64) when checking a whole operand: bounded
+# memory for any size.
+_SCAN_VALUES = 1 << 23
 
 
 class OperandError(ValueError):
@@ -82,10 +85,9 @@ class ArraySource:
         """The whole array (2-D)."""
         return self.rows(0, self.shape[0])
 
-    def row_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, rows)`` blocks of at most about 64 MiB each, in order."""
-        row_bytes = max(1, self.shape[1] * np.dtype(self.dtype).itemsize)
-        step = max(1, _SCAN_BYTES // row_bytes)
+    def row_blocks(self, values: int = _SCAN_VALUES) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows)`` blocks of about ``values`` values each (at least a row), in order."""
+        step = max(1, values // max(1, self.shape[1]))
         for start in range(0, self.shape[0], step):
             yield start, self.rows(start, min(start + step, self.shape[0]))
 
@@ -130,12 +132,15 @@ def open_operand(path: str | os.PathLike[str], name: str) -> ArraySource:
         raise OperandError(f"operand {name}: file {p} does not exist")
     kind = "zarr" if p.is_dir() or p.suffix == ".zarr" else "npy"
     try:
-        arr = ArraySource(str(p), kind, (0, 0), "int8")._open()
+        if kind == "npy":  # the header, checked against the file's length
+            shape, dtype = npy_header(p)
+        else:
+            arr = ArraySource(str(p), kind, (0, 0), "int8")._open()
+            shape, dtype = tuple(int(s) for s in arr.shape), np.dtype(arr.dtype)
     except (ValueError, OSError) as exc:
         raise OperandError(
             f"operand {name}: cannot read {p} as a .npy file or zarr array: {exc}"
         ) from exc
-    shape, dtype = tuple(int(s) for s in arr.shape), np.dtype(arr.dtype)
     if dtype.kind not in "iuf":
         raise OperandError(
             f"operand {name} ({p}) has dtype {dtype}; expected real integers or floats"
@@ -235,9 +240,11 @@ def synthetic_operands(
     Raises
     ------
     OperandError
-        If the shape is not three positive integers or ``value_bits`` is not in [2, 32].
+        If the shape is not three positive integers, the seed is negative or
+        ``value_bits`` is not in [2, 32].
     """
     m, k, n = check_shape(shape)
+    check_seed(seed)
     check_value_bits(value_bits)
     dtype = np.min_scalar_type(-(2 ** (value_bits - 1)))
     rng = np.random.default_rng(seed)
@@ -255,6 +262,13 @@ def check_shape(shape: Sequence[int] | None) -> tuple[int, int, int]:
     ):
         raise OperandError(f"shape must be three positive integers M K N, got {list(dims)}")
     return int(dims[0]), int(dims[1]), int(dims[2])
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` if it can seed the synthetic generator (an integer >= 0)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OperandError(f"seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
 
 
 def check_value_bits(value_bits: int) -> int:

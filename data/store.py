@@ -13,6 +13,15 @@ so no half-written file ever has a final name. The manifest is written after the
 lists: a resolution is complete exactly when the manifest lists it, and a run that stopped
 or crashed resumes after the last listed resolution.
 
+A writer killed at any point leaves nothing a reader could take for a result: its staged
+arrays and temporary files have names no manifest lists, and the next writer of the run
+removes them. The lock is an ``flock``, which the kernel releases when its holder dies, so
+a crashed writer never blocks the resume. Staged names carry a token of the writer that
+made them, so a task a dead writer left running on a cluster cannot write into the files of
+the writer that resumed the run. Reading a manifest checks every file it lists (present,
+inside the run, a complete ``.npy``), so a hand-edited or damaged run is refused before any
+work starts.
+
 Examples
 --------
 >>> import tempfile
@@ -48,10 +57,14 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_save_npy",
     "new_run_id",
+    "npy_header",
 ]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+STAGING = ".staging"
+#: Fields of a manifest entry that must hold real numbers when present.
+_NUMBER_FIELDS = ("elapsed_s", "bound")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -70,6 +83,47 @@ class RunMismatchError(RunStoreError):
 def new_run_id(kind: str) -> str:
     """A fresh run id such as ``matmul-20260101-020000-1a2b3c``."""
     return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+
+
+def npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the ``.npy`` file at ``path``, after checking it is complete.
+
+    Only the header is read; the file's length must cover the data it announces.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a ``.npy`` file (bad magic or header), holds Python objects, or
+        is shorter than its header says (the message names the file, the expected and the
+        actual length).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "a.npy"
+    >>> np.save(path, np.zeros((3, 2), dtype=np.int8))
+    >>> npy_header(path)
+    ((3, 2), dtype('int8'))
+    """
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        try:
+            version = fmt.read_magic(fh)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(fh)
+        except (ValueError, SyntaxError, EOFError) as exc:
+            raise ValueError(f"{path} is not a valid .npy file: {exc}") from None
+        data_start = fh.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{path} holds Python objects (dtype {dtype}), not numbers")
+    expected = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = os.stat(path).st_size
+    if size < expected:
+        raise ValueError(
+            f"{path} is truncated: its header announces shape {shape} of {dtype}, {expected}"
+            f" bytes in all, but the file has {size}"
+        )
+    return tuple(int(d) for d in shape), dtype
 
 
 def _fsync_dir(path: Path) -> None:
@@ -137,6 +191,8 @@ class RunStore:
                 f"invalid run id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-',"
                 " starting with a letter or digit"
             )
+        if self.root.exists() and not self.root.is_dir():
+            raise RunStoreError(f"the run store {self.root} exists but is not a directory")
         return self.root / run_id
 
     def read_manifest(self, run_id: str) -> dict[str, Any] | None:
@@ -203,10 +259,20 @@ class RunStore:
             else:
                 _check_same_run(manifest, kind, params, path)
             run = Run(path, manifest)
-            shutil.rmtree(run.staging, ignore_errors=True)  # left by a run that crashed
+            _discard_unfinished_writes(path)
             run.staging.mkdir()
             run.write_manifest()
             yield run
+
+
+def _discard_unfinished_writes(path: Path) -> None:
+    """Remove what writers of ``path`` that died left: staged arrays and temporary files.
+
+    Called with the run's lock held, so no live writer owns them.
+    """
+    shutil.rmtree(path / STAGING, ignore_errors=True)
+    for tmp in path.rglob(".*.tmp"):  # the names atomic_write_bytes and atomic_save_npy use
+        tmp.unlink(missing_ok=True)
 
 
 def _as_stored(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -256,6 +322,43 @@ def _check_manifest(manifest: object, path: Path) -> None:
                 f"manifest {path}: resolutions must be listed in order 1, 2, ...; entry {i}"
                 f" is {entry!r}"
             )
+        _check_entry(entry, f"resolution {i}", path)
+    for name, value in manifest["prepared"].items():
+        if isinstance(value, dict):
+            _check_entry(value, f"prepared input {name!r}", path)
+
+
+def _check_entry(entry: Mapping[str, Any], where: str, path: Path) -> None:
+    """Numbers are numbers, and every file in ``entry["files"]`` is a complete file of the run."""
+    for key in _NUMBER_FIELDS:
+        value = entry.get(key)
+        if key in entry and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RunStoreError(f"manifest {path}: {where} has {key} = {value!r}, not a number")
+    files = entry.get("files", {})
+    if not isinstance(files, dict):
+        raise RunStoreError(f"manifest {path}: {where} lists files {files!r}, not a mapping")
+    run_dir = path.parent.resolve()
+    for name, rel in files.items():
+        problem = _file_problem(run_dir, rel)
+        if problem:
+            raise RunStoreError(f"manifest {path}: {where} lists {name!r}: {rel!r} {problem}")
+
+
+def _file_problem(run_dir: Path, rel: object) -> str | None:
+    """Why ``rel`` is not a complete file inside ``run_dir``, or None if it is."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel):
+        return "is not a path relative to the run directory"
+    target = (run_dir / rel).resolve()
+    if not target.is_relative_to(run_dir):
+        return "points outside the run directory"
+    if not target.is_file():
+        return "does not exist (the run's files were removed or the manifest edited)"
+    if target.suffix == ".npy":
+        try:
+            npy_header(target)
+        except ValueError as exc:
+            return f"is damaged: {exc}"
+    return None
 
 
 def _check_same_run(
@@ -283,7 +386,9 @@ class Run:
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self.path = path
         self.manifest = manifest
-        self.staging = path / ".staging"
+        self.staging = path / STAGING
+        # Names this writer stages carry this token: see the module docstring.
+        self._token = os.urandom(4).hex()
 
     @property
     def run_id(self) -> str:
@@ -295,11 +400,24 @@ class Run:
 
     def stage_array(self, name: str, shape: tuple[int, ...], dtype: str) -> str:
         """Create a ``.npy`` file under ``.staging`` for workers to fill by rows."""
-        path = self.staging / f"{name}.npy"
+        path = self._staged_path(name, ".npy")
         arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
         arr.flush()
         del arr
         return str(path)
+
+    def stage_copy(self, rel: str, name: str) -> str:
+        """A staged copy of the committed file ``<run>/<rel>``, for workers to update in place."""
+        path = self._staged_path(name, Path(rel).suffix)
+        shutil.copyfile(self.path / rel, path)
+        return str(path)
+
+    def stage_file(self, name: str, suffix: str) -> str:
+        """The staged path for a file a worker writes whole (``suffix`` such as ``.npz``)."""
+        return str(self._staged_path(name, suffix))
+
+    def _staged_path(self, name: str, suffix: str) -> Path:
+        return self.staging / f"{name}.{self._token}{suffix}"
 
     def commit_arrays(self, staged: Mapping[str, str]) -> dict[str, str]:
         """Move filled staged arrays to their final names (``{final relpath: staged path}``).

@@ -2,7 +2,7 @@
 
 Each deployment names its flow by module path (``layered.flows.matmul.matmul_flow``), so a
 worker with this package installed runs it with no pull step (no git clone, no network),
-and carries the store and Dask address in its job environment.
+and carries the store, the Dask address and the MNIST data in its job environment.
 
 Examples
 --------
@@ -15,6 +15,7 @@ then ``prefect worker start --pool layered-process`` runs the scheduled flow run
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from layered.settings import Settings
@@ -27,8 +28,9 @@ DEPLOYMENT_NAME = "nightly"
 def pipelines() -> list[tuple[Any, dict[str, Any]]]:
     """The flows to deploy and their default parameters (each pipeline's embedded default)."""
     from layered.flows.matmul import matmul_flow
+    from layered.flows.mnist import mnist_flow
 
-    return [(matmul_flow, {})]
+    return [(matmul_flow, {}), (mnist_flow, {})]
 
 
 def ensure_process_pool(pool: str) -> None:
@@ -69,7 +71,10 @@ def register_deployments(
     from prefect.types.entrypoint import EntrypointType
 
     ensure_process_pool(pool)
-    env = {"LAYERED_STORE": str(settings.store)}
+    # A data directory as an absolute path: the worker runs flows from its own directory.
+    data = Path(settings.mnist_data)
+    env = {"LAYERED_STORE": str(settings.store),
+           "LAYERED_MNIST_DATA": str(data.resolve()) if data.is_dir() else settings.mnist_data}
     if settings.dask_address:
         env["LAYERED_DASK_ADDRESS"] = settings.dask_address
     names = []

@@ -8,6 +8,9 @@ Examples
     layered run matmul --shape 4096 4096 256 --deadline 20 --json out.json
     layered run matmul --operands W.npy X.npy --tolerance 1e3 --address tcp://10.0.0.5:8786
     layered run matmul --run-id nightly-1     # resumes nightly-1 after its last resolution
+    layered run train --data-dir ../shared/data/mnist --task even-odd
+    layered run mnist --data-dir ../shared/data/mnist --rule certified --deadline 30
+    layered report mnist --data-dir ../shared/data/mnist --out reports/mnist
     layered server start && layered ui        # a Prefect UI that outlives the runs
     layered deploy                            # nightly deployments on a process work pool
 
@@ -50,9 +53,12 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a pipeline as a Prefect flow on Dask")
     pipelines = run.add_subparsers(dest="pipeline", required=True, metavar="PIPELINE")
     _add_matmul(pipelines, defaults)
+    _add_mnist(pipelines, defaults)
+    _add_train(pipelines, defaults)
     _add_stream(pipelines, defaults)
     _add_deploy(commands, defaults)
     _add_server(commands, defaults)
+    _add_report(commands, defaults)
     return parser
 
 
@@ -110,6 +116,82 @@ def _add_matmul(pipelines: Any, defaults: Settings) -> None:
     p.set_defaults(handler=_run_matmul)
 
 
+def _add_mnist(pipelines: Any, defaults: Settings) -> None:
+    p = pipelines.add_parser(
+        "mnist", help="layered batch inference of a trained network over MNIST",
+        description="Batch inference over the MNIST test split in chunks, one Prefect task per"
+        " resolution over the samples still active (R = 4, one pixel bit per resolution,"
+        " the paper's partitions); after each resolution the rule freezes samples, which"
+        " keep their outputs, and the batch stops at its deadline. Every resolution's"
+        " outputs and states are persisted as it completes.",
+    )
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="MNIST-format directory, or 'mnist' to download the official files"
+                   f" into the user cache (default {defaults.mnist_data})")
+    p.add_argument("--task", choices=("even-odd", "digits"),
+                   help=f"even/odd (the paper's binary model) or 10 digits (default"
+                   f" {defaults.mnist_task})")
+    p.add_argument("--rule", choices=("gray-zone", "margin", "certified"),
+                   help="which samples stop being refined: gray zone [0.3, 0.6], top-2 margin"
+                   " 0.05, or certified (only when no further bit can change the answer);"
+                   " default gray-zone for even-odd, margin for digits")
+    p.add_argument("--model", metavar="PATH",
+                   help="model saved by `layered run train` (default: <store>/models/"
+                   "<task>.npz, trained first if missing)")
+    p.add_argument("--deadline", type=float, metavar="SECONDS",
+                   help="stop SECONDS after the flow starts; every sample keeps its latest"
+                   " output (the run ends Cancelled)")
+    p.add_argument("--samples", type=int, metavar="N",
+                   help="the first N test images (default all)")
+    p.add_argument("--chunk-size", type=int, metavar="N",
+                   help="samples per Dask block; a deadline is honoured within one chunk's"
+                   f" time (default {defaults.chunk_size})")
+    _common(p, defaults)
+    p.set_defaults(handler=_run_mnist)
+
+
+def _add_train(pipelines: Any, defaults: Settings) -> None:
+    p = pipelines.add_parser(
+        "train", help="train and save the model the mnist pipeline uses",
+        description="Train the even/odd (784-20-20-1, sigmoid) or the digits (784-64-10,"
+        " softmax) model with scikit-learn on the MNIST training split, as a Prefect flow"
+        " whose training task runs on Dask, and save it atomically with its metadata.",
+    )
+    p.add_argument("--data-dir", metavar="DIR",
+                   help=f"MNIST-format directory, or 'mnist' (default {defaults.mnist_data})")
+    p.add_argument("--task", choices=("even-odd", "digits"),
+                   help=f"which model (default {defaults.mnist_task})")
+    p.add_argument("--out", metavar="PATH",
+                   help="model file (default <store>/models/<task>.npz, where `layered run"
+                   " mnist` looks)")
+    p.add_argument("--samples", type=int, metavar="N",
+                   help="train on the first N training images (default all)")
+    p.add_argument("--epochs", type=int, metavar="E", help="passes (default: the task's recipe)")
+    _common(p, defaults)
+    p.set_defaults(handler=_run_train)
+
+
+def _add_report(commands: Any, defaults: Settings) -> None:
+    p = commands.add_parser("report", help="reproducible reports of the paper's experiments")
+    reports = p.add_subparsers(dest="report", required=True, metavar="REPORT")
+    m = reports.add_parser(
+        "mnist", help="the paper's MNIST experiment (METHOD 6) as JSON and PNG plots",
+        description="Per resolution the accuracy, ROC AUC and active fraction of the even/odd"
+        " and digits models under each rule, against one-shot baselines; writes report.json"
+        " and PNG plots to --out (runs in this process, no Prefect or Dask).",
+    )
+    m.add_argument("--data-dir", metavar="DIR", default=defaults.mnist_data,
+                   help=f"MNIST-format directory, or 'mnist' (default {defaults.mnist_data})")
+    m.add_argument("--out", type=Path, metavar="DIR", default=Path("reports/mnist"),
+                   help="output directory (default reports/mnist)")
+    m.add_argument("--samples", type=int, metavar="N", help="the first N test images")
+    m.add_argument("--model", type=Path, metavar="PATH",
+                   help="even/odd model (default: trained on the training split)")
+    m.add_argument("--digits-model", type=Path, metavar="PATH",
+                   help="digits model (default: trained on the training split)")
+    m.set_defaults(handler=_report_mnist)
+
+
 def _add_stream(pipelines: Any, defaults: Settings) -> None:
     from layered.flows.stream_cli import add_arguments
 
@@ -140,7 +222,8 @@ def _run_stream(args: argparse.Namespace, settings: Settings) -> int:
 def _add_deploy(commands: Any, defaults: Settings) -> None:
     p = commands.add_parser(
         "deploy", help="register the pipelines as deployments with nightly schedules",
-        description="Register deployments (layered-matmul/nightly) on a process work pool"
+        description="Register deployments (layered-matmul/nightly, layered-mnist/nightly) on"
+        " a process work pool"
         " (created if missing), each with a nightly cron schedule; start a worker with"
         " `prefect worker start --pool POOL` to run them. Uses PREFECT_API_URL, or the"
         " server of `layered server start` (started if needed).",
@@ -177,8 +260,9 @@ def _add_server(commands: Any, defaults: Settings) -> None:
 # ---------------------------------------------------------------------------- commands
 def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
     from layered.data.store import RunStore, new_run_id
-    from layered.flows.request import MatmulRequest, resolve_matmul
+    from layered.flows.request import MatmulRequest, check_limits, resolve_matmul
 
+    check_limits(args.deadline, args.tolerance, args.block_rows)
     settings = settings.replace(store=args.store, dask_address=args.address,
                                 block_rows=args.block_rows)
     run_id = args.run_id or new_run_id("matmul")
@@ -199,12 +283,86 @@ def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
             block_rows=settings.block_rows, return_state=True,
         )
 
-    state = _run_flow("layered.flows.matmul", "matmul_flow", flow_call, settings)
-    from layered.flows.matmul import matmul_summary
+    return _run_pipeline("matmul", flow_call, settings, run_id, args.json)
 
-    manifest = RunStore(settings.store).read_manifest(run_id)
-    summary = matmul_summary(manifest or {"run_id": run_id, "resolutions": []}, settings.store)
+
+def _run_mnist(args: argparse.Namespace, settings: Settings) -> int:
+    from layered.data.store import RunStore, new_run_id
+    from layered.flows.mnist_request import MnistRequest, resolve_mnist
+    from layered.flows.request import check_limits
+
+    check_limits(args.deadline, None, None)
+    settings = settings.replace(store=args.store, dask_address=args.address)
+    run_id = args.run_id or new_run_id("mnist")
+    request = MnistRequest(data_dir=args.data_dir, task=args.task, rule=args.rule,
+                           model=args.model, samples=args.samples, chunk_size=args.chunk_size)
+    runs = RunStore(settings.store)
+    stored = runs.read_manifest(run_id)
+    spec = resolve_mnist(request, settings, stored["parameters"] if stored else None)
+    runs.check_resumable(run_id, kind="mnist", parameters=spec.parameters)
+    if spec.trains:
+        _say(f"no {spec.task} model at {spec.model_path}: this run trains one first and saves"
+             " it there (`layered run train` does it alone)")
+
+    def flow_call(flow: Any) -> Any:
+        return flow(
+            data_dir=str(spec.data_dir), task=spec.task, rule=spec.rule, model=args.model,
+            deadline=args.deadline, samples=args.samples, chunk_size=args.chunk_size,
+            store=str(settings.store), run_id=run_id, return_state=True,
+        )
+
+    return _run_pipeline("mnist", flow_call, settings, run_id, args.json)
+
+
+def _run_train(args: argparse.Namespace, settings: Settings) -> int:
+    from layered.data.store import RunStore, new_run_id
+    from layered.flows.mnist_request import resolve_train
+
+    settings = settings.replace(store=args.store, dask_address=args.address)
+    spec = resolve_train(settings, data_dir=args.data_dir, task=args.task, out=args.out,
+                         samples=args.samples, epochs=args.epochs)
+    run_id = args.run_id or new_run_id("train")
+    RunStore(settings.store).check_resumable(run_id, kind="train", parameters=spec.parameters)
+
+    def flow_call(flow: Any) -> Any:
+        return flow(data_dir=str(spec.data_dir), task=spec.task, out=str(spec.out),
+                    samples=args.samples, epochs=args.epochs, store=str(settings.store),
+                    run_id=run_id, return_state=True)
+
+    state = _run_flow("layered.flows.train", "train_flow", flow_call, settings)
+    summary = state.result() if state.is_completed() else {"run_id": run_id, "status": state.name}
     return _report(summary, state, args.json)
+
+
+def _report_mnist(args: argparse.Namespace, settings: Settings) -> int:
+    from layered.flows.mnist_report import run_mnist_report
+    from layered.flows.mnist_request import data_directory
+
+    data_dir = data_directory(args.data_dir, ("train", "test"))
+    report = run_mnist_report(data_dir, args.out, models=(args.model, args.digits_model),
+                              samples=args.samples)
+    for name in ("even-odd", "even-odd-2bit", "digits", "digits-2bit"):
+        print(f"## {name}\n\n{report[name]['table']}\n")
+    print(f"report.json and plots: {args.out}")
+    return 0
+
+
+def _run_pipeline(
+    pipeline: str, call: Callable[[Any], Any], settings: Settings, run_id: str,
+    json_path: Path | None,
+) -> int:
+    """Run ``layered.flows.<pipeline>.<pipeline>_flow``, then report the run's summary as
+    ``<pipeline>_summary`` reads it from the run's manifest."""
+    import importlib
+
+    from layered.data.store import RunStore
+
+    module = f"layered.flows.{pipeline}"
+    state = _run_flow(module, f"{pipeline}_flow", call, settings)
+    summarize = getattr(importlib.import_module(module), f"{pipeline}_summary")
+    manifest = RunStore(settings.store).read_manifest(run_id)
+    summary = summarize(manifest or {"run_id": run_id, "resolutions": []}, settings.store)
+    return _report(summary, state, json_path)
 
 
 def _run_flow(
@@ -239,8 +397,8 @@ def _run_flow(
 
 def _report(summary: dict[str, Any], state: Any, json_path: Path | None) -> int:
     if state.is_failed() or state.is_crashed():
-        summary = {**summary, "status": "Failed", "stopped_reason": None,
-                   "error": str(state.message)}
+        stopped = {"stopped_reason": None} if "stopped_reason" in summary else {}
+        summary = {**summary, "status": "Failed", **stopped, "error": str(state.message)}
     print(json.dumps(summary, indent=2))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,12 @@ A LocalCluster with process workers re-imports the main module in every worker, 
 script that starts one needs the ``if __name__ == "__main__":`` guard (the ``layered``
 console script has it). Workers bind to 127.0.0.1 and start no dashboard.
 
+A scheduler that does not answer is reported within ``Settings.scheduler_timeout_s``: by
+:func:`check_scheduler` before a run starts, by :func:`connect_task_runner` when a flow
+starts (a deployment run has no CLI to check first), and as :class:`SchedulerLostError`
+when it stops answering mid-run (the client gives up reconnecting after the same timeout
+and the run's task is lost).
+
 Examples
 --------
 >>> from layered.settings import Settings
@@ -17,11 +23,22 @@ from typing import Any
 
 from layered.settings import Settings
 
-__all__ = ["SchedulerUnreachableError", "check_scheduler", "local_cluster", "dask_task_runner"]
+__all__ = [
+    "SchedulerUnreachableError",
+    "SchedulerLostError",
+    "check_scheduler",
+    "connect_task_runner",
+    "local_cluster",
+    "dask_task_runner",
+]
 
 
 class SchedulerUnreachableError(RuntimeError):
     """No Dask scheduler answered at the given address in time."""
+
+
+class SchedulerLostError(RuntimeError):
+    """The Dask scheduler stopped answering, or forgot a task, in the middle of a run."""
 
 
 def check_scheduler(address: str, timeout: float) -> int:
@@ -38,11 +55,34 @@ def check_scheduler(address: str, timeout: float) -> int:
         with Client(address, timeout=timeout, set_as_default=False) as client:
             return len(client.scheduler_info(n_workers=-1)["workers"])
     except (OSError, TimeoutError, ValueError) as exc:
-        raise SchedulerUnreachableError(
-            f"no Dask scheduler answered at {address!r} within {timeout:g} s ({exc});"
-            " start one (`dask scheduler` and `dask worker ADDRESS`) or leave out --address"
-            " (and LAYERED_DASK_ADDRESS) to run on a local cluster"
-        ) from exc
+        raise _unreachable(address, timeout, exc) from exc
+
+
+def _unreachable(address: str, timeout: float, exc: Exception) -> SchedulerUnreachableError:
+    what = (f"{address!r} is not a Dask scheduler address ({exc})" if isinstance(exc, ValueError)
+            else f"no Dask scheduler answered at {address!r} within {timeout:g} s ({exc})")
+    return SchedulerUnreachableError(
+        f"{what}; start one (`dask scheduler` and `dask worker ADDRESS`) or leave out"
+        " --address (and LAYERED_DASK_ADDRESS) to run on a local cluster"
+    )
+
+
+def connect_task_runner(task_runner: Any) -> str:
+    """Connect a flow run's DaskTaskRunner now; return its scheduler's address.
+
+    The runner would otherwise connect at the first task, after the flow has written to
+    its run store; connecting first makes an unreachable scheduler a clear error before.
+
+    Raises
+    ------
+    SchedulerUnreachableError
+        If the runner's scheduler does not answer within its client timeout.
+    """
+    try:
+        return str(task_runner.client.scheduler.address)
+    except (OSError, TimeoutError, ValueError) as exc:
+        timeout = float(task_runner.client_kwargs.get("timeout", float("nan")))
+        raise _unreachable(task_runner.address, timeout, exc) from exc
 
 
 def _local_cluster_kwargs(settings: Settings) -> dict[str, Any]:

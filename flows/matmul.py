@@ -6,6 +6,13 @@ resolution in the UI, and decides whether to stop: at the last resolution, once 
 is within the tolerance, or once the deadline has passed (keeping the best resolution so
 far). Re-running a run id resumes after its last persisted resolution.
 
+Faults end a run cleanly: an unreachable scheduler fails it before it writes anything, a
+scheduler lost mid-run fails it (within the client's timeout) with
+:class:`~layered.flows.cluster.SchedulerLostError`, and any failure is recorded in the
+manifest (``status: "Failed"``, ``error``) with the persisted resolutions kept. A flow
+process that was killed cannot record anything; the invocation that resumes its run marks
+the dead flow run ``Crashed`` in Prefect, so none stays ``Running`` in the UI.
+
 Examples
 --------
 From Python (a LocalCluster is started for the run)::
@@ -21,19 +28,22 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prefect import flow
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled, Crashed, State
 
 from layered.data.operands import ArraySource, flops_affordable, open_operand, synthetic_operands
 from layered.data.store import Run, RunStore, new_run_id
-from layered.flows.cluster import dask_task_runner
-from layered.flows.request import MatmulRequest, MatmulSpec, resolve_matmul
+from layered.flows.cluster import SchedulerLostError, connect_task_runner, dask_task_runner
+from layered.flows.request import MatmulRequest, MatmulSpec, check_limits, resolve_matmul
 from layered.layering.product import truncation_bound
 from layered.settings import Settings
 from layered.tasks import report
@@ -49,6 +59,8 @@ from layered.tasks.matmul import (
 __all__ = ["matmul_flow", "matmul_summary", "SUMMARY_FIELDS"]
 
 SUMMARY_FIELDS = ("resolution", "elapsed_s", "bound", "max_abs_error")
+# How long a run that stopped at its deadline waits for a task still ending (after the stop).
+_SETTLE_S = 30.0
 
 
 def _flow_run_name() -> str:
@@ -100,6 +112,7 @@ def matmul_flow(
     """
     started_at = time.time()
     deadline_at = None if deadline is None else started_at + deadline
+    check_limits(deadline, tolerance, block_rows)
     report.warm_up_plotting()
     settings = Settings.from_env().replace(store=Path(store) if store else None,
                                            block_rows=block_rows)
@@ -111,22 +124,77 @@ def matmul_flow(
     )
     stored = runs.read_manifest(run_id)
     spec = resolve_matmul(request, settings, stored["parameters"] if stored else None)
+    _connect_cluster()
     with runs.open(run_id, kind="matmul", parameters=spec.parameters) as run:
-        prepared = _prepare(run, spec, settings, deadline_at)
-        if isinstance(prepared, State):
-            return _finish(run, runs, "deadline", prepared, started_at)
-        stopped, state = _layer_resolutions(run, prepared, tolerance, deadline_at)
-        return _finish(run, runs, stopped, state, started_at)
+        _close_dead_invocation(run)
+        run.record_outcome(status="Running", stopped_reason=None, error=None,
+                           flow_run_id=flow_run.id, started_at=started_at,
+                           deadline_at=deadline_at, stopped_at=None, finished_at=None)
+        try:
+            prepared = _prepare(run, spec, settings, deadline_at)
+            stop = (prepared if isinstance(prepared, _Stop)
+                    else _layer_resolutions(run, prepared, tolerance, deadline_at))
+        except Exception as exc:
+            run.record_outcome(status="Failed", error=f"{type(exc).__name__}: {exc}",
+                               stopped_at=time.time())
+            raise
+        return _finish(run, runs, stop)
+
+
+def _connect_cluster() -> None:
+    """Connect the flow run's Dask task runner before anything is written (see cluster)."""
+    from prefect_dask import DaskTaskRunner
+
+    context = FlowRunContext.get()
+    if context is not None and isinstance(context.task_runner, DaskTaskRunner):
+        connect_task_runner(context.task_runner)
+
+
+def _close_dead_invocation(run: Run) -> None:
+    """Mark ``Crashed`` the flow run of an earlier invocation that died writing this run.
+
+    The manifest says ``Running`` only while an invocation works on the run; as this one
+    holds the run's lock, that invocation's process is gone (killed, or its machine lost).
+    """
+    previous = run.manifest.get("flow_run_id")
+    if run.manifest.get("status") != "Running" or not previous or previous == flow_run.id:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            state = client.read_flow_run(previous).state
+        except ObjectNotFound:  # another Prefect API, or its database was reset
+            return
+        if state is not None and not state.is_final():
+            client.set_flow_run_state(previous, Crashed(
+                message=f"its process died while writing run {run.run_id!r} (found by flow"
+                f" run {flow_run.id}, which resumed the run)"), force=True)
 
 
 def _tuple(values: list[Any] | None) -> tuple[Any, ...] | None:
     return None if values is None else tuple(values)
 
 
+@dataclass(frozen=True)
+class _Stop:
+    """Why and when the layering stopped.
+
+    ``state`` is the Cancelled state of a deadline stop; ``unsettled`` a task the flow
+    stopped waiting for at the deadline (it sees the deadline itself and ends Cancelled).
+    """
+
+    reason: str
+    at: float
+    state: State | None = None
+    unsettled: PrefectFuture[Any] | None = None
+
+
 def _layer_resolutions(
     run: Run, job: MatmulJob, tolerance: float | None, deadline_at: float | None
-) -> tuple[str, State | None]:
-    """The loop of the method: layer, decide, persist, repeat. Returns why it stopped."""
+) -> _Stop:
+    """The loop of the method: layer, persist, decide, repeat. Returns why it stopped."""
     total = job.order.resolutions
     entries = run.completed_resolutions()
     key = report.artifact_key("matmul", run.run_id)
@@ -136,7 +204,7 @@ def _layer_resolutions(
         last = entries[-1]
         stopped = decide(last["resolution"], total, last["bound"], tolerance, None)
         if stopped is not None:  # resumed a run that had nothing left to do
-            return stopped, None
+            return _Stop(stopped, time.time())
     for resolution in range(len(entries) + 1, total + 1):
         staged = StagedResolution(
             run.stage_array(f"estimate-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
@@ -144,16 +212,17 @@ def _layer_resolutions(
         )
         previous = run.array_path(entries[-1]["files"]["estimate"]) if entries else None
         future = layer_resolution.submit(job, resolution, previous, staged, deadline_at)
-        outcome = _outcome(future)
-        if isinstance(outcome, State):
-            return "deadline", outcome
+        outcome = _outcome(future, f"resolution {resolution}", run, deadline_at)
+        if isinstance(outcome, _Stop):
+            return outcome
         entries.append(_persist(run, outcome, staged, clock.elapsed()))
+        stopped = decide(resolution, total, outcome.bound, tolerance, deadline_at)
+        decided_at = time.time()  # the resolution is shown in the UI either way, after
         report.announce(report.progress_line(entries[-1], total))
         report.publish_resolution(key, entries, total, progress)
-        stopped = decide(resolution, total, outcome.bound, tolerance, deadline_at)
         if stopped is not None:
-            return stopped, None
-    return "completed", None
+            return _Stop(stopped, decided_at)
+    return _Stop("completed", time.time())
 
 
 class _Clock:
@@ -166,12 +235,36 @@ class _Clock:
         return self.base + time.perf_counter() - self.start
 
 
-def _outcome(future: PrefectFuture[Any]) -> Any:
-    """The task's result, or its state if it ended Cancelled (the deadline passed)."""
-    future.wait()
-    if future.state.is_cancelled():
-        return future.state
-    return future.result()
+def _outcome(
+    future: PrefectFuture[Any], what: str, run: Run, deadline_at: float | None
+) -> Any:
+    """The task's result, or a deadline :class:`_Stop`.
+
+    The flow waits for the task until the deadline at most: a task that has not ended then
+    (still starting on its worker, say) is left to see the deadline itself and end
+    Cancelled, so the run stops on time whatever the orchestration's latency.
+
+    Raises
+    ------
+    SchedulerLostError
+        If Dask cancelled the task's future: its client gave up reconnecting to a lost
+        scheduler (after its timeout), or the scheduler restarted and forgot the task.
+    """
+    future.wait(None if deadline_at is None else max(0.0, deadline_at - time.time()))
+    if not future.wrapped_future.done():  # type: ignore[attr-defined]
+        stopped: State = Cancelled(message=f"deadline passed during {what}; stopped")
+        return _Stop("deadline", time.time(), stopped, future)
+    try:
+        if future.state.is_cancelled():
+            return _Stop("deadline", time.time(), future.state)
+        return future.result()
+    except CancelledError as exc:
+        raise SchedulerLostError(
+            f"the Dask cluster lost {what} of run {run.run_id!r}: its scheduler stopped"
+            f" answering, or restarted and forgot the task ({exc}). The resolutions"
+            f" persisted so far are kept in {run.path}; resume with --run-id {run.run_id}"
+            " once a scheduler answers."
+        ) from exc
 
 
 def _persist(
@@ -189,7 +282,7 @@ def _persist(
 
 def _prepare(
     run: Run, spec: MatmulSpec, settings: Settings, deadline_at: float | None
-) -> MatmulJob | State:
+) -> MatmulJob | _Stop:
     """Operands on disk, split into digit files, and the reference product (once per run)."""
     w, x = _operand_sources(run, spec)
     job = MatmulJob(
@@ -214,14 +307,15 @@ def _prepare(
         )
         outcome = _outcome(prepare_operands.submit(
             staged_job, split, staged.get("reference.npy"), deadline_at
-        ))
-        if isinstance(outcome, State):
+        ), "the operand preparation", run, deadline_at)
+        if isinstance(outcome, _Stop):
             return outcome
-        run.commit_arrays(staged)
+        files = run.commit_arrays(staged)
         if split:
-            run.record_prepared("digits", {"off_grid": list(outcome)})
+            digits = {k: v for k, v in files.items() if k != "reference"}
+            run.record_prepared("digits", {"off_grid": list(outcome), "files": digits})
         if reference:
-            run.record_prepared("reference", "reference.npy")
+            run.record_prepared("reference", {"files": {"reference": "reference.npy"}})
     off_w, off_x = run.manifest["prepared"]["digits"]["off_grid"]
     return dataclasses.replace(
         job,
@@ -260,20 +354,25 @@ def _operand_sources(run: Run, spec: MatmulSpec) -> tuple[ArraySource, ArraySour
                                   spec.request.value_bits or 8)
         run.save_array("operands/W.npy", W)
         run.save_array("operands/X.npy", X)
-        run.record_prepared("operands", {"W": "operands/W.npy", "X": "operands/X.npy"})
-    files = run.manifest["prepared"]["operands"]
+        run.record_prepared("operands", {"files": {"W": "operands/W.npy", "X": "operands/X.npy"}})
+    files = run.manifest["prepared"]["operands"]["files"]
     return (open_operand(run.array_path(files["W"]), "W"),
             open_operand(run.array_path(files["X"]), "X"))
 
 
-def _finish(
-    run: Run, runs: RunStore, stopped: str, state: State | None, started_at: float
-) -> dict[str, Any] | State:
-    """Plot, publish the summary, record the outcome; Cancelled when the deadline stopped it."""
+def _finish(run: Run, runs: RunStore, stop: _Stop) -> dict[str, Any] | State:
+    """Plot, publish the summary, record the outcome; Cancelled when the deadline stopped it.
+
+    The manifest's ``stopped_at`` is when the layering stopped, ``finished_at`` when the
+    reporting after it did.
+    """
+    if stop.unsettled is not None:  # its Cancelled state, in the UI before the run ends
+        stop.unsettled.wait(_SETTLE_S)
+    stopped, state = stop.reason, stop.state
     status = "Cancelled" if stopped == "deadline" else "Completed"
     entries = run.completed_resolutions()
     plots = report.plot_matmul(entries, run.path / "plots") if entries else []
-    run.record_outcome(status=status, stopped_reason=stopped, started_at=started_at,
+    run.record_outcome(status=status, stopped_reason=stopped, stopped_at=stop.at,
                        finished_at=time.time())
     summary = matmul_summary(run.manifest, runs.root)
     report.publish_summary(report.artifact_key("matmul", run.run_id), summary, plots)

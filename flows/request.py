@@ -15,6 +15,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,15 +24,17 @@ from layered.data.operands import (
     ArraySource,
     OperandError,
     check_matmul_shapes,
+    check_seed,
     check_shape,
     check_value_bits,
     open_operand,
     scan_operand,
 )
+from layered.data.store import RunStoreError
 from layered.layering import Ordering, Partition, PartitionRangeError, resolve_ordering
 from layered.settings import Settings
 
-__all__ = ["MatmulRequest", "MatmulSpec", "resolve_matmul"]
+__all__ = ["MatmulRequest", "MatmulSpec", "resolve_matmul", "check_limits"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class MatmulRequest:
         if self.operands is not None and (self.shape is not None or self.seed is not None):
             raise OperandError("give synthetic operands (shape, seed) or operand files, not both")
         kind = "files" if self.operands else "synthetic" if self.shape or self.seed else None
+        if stored is not None:
+            _check_stored(stored)
         if stored is not None and kind in (None, stored["kind"]):
             kind = stored["kind"]
             files = stored["operands"]
@@ -84,6 +89,74 @@ class MatmulRequest:
             "bits": settings.bits,
             "ordering": settings.ordering,
         })
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_int_list(value: object, length: int | None = None) -> bool:
+    return (isinstance(value, list) and all(_is_int(v) for v in value)
+            and (length is None or len(value) == length))
+
+
+def _stored_operands_ok(kind: object, operands: object) -> bool:
+    if kind == "synthetic":
+        return operands is None
+    return isinstance(operands, dict) and all(
+        isinstance(operands.get(n), dict) and isinstance(operands[n].get("path"), str)
+        for n in ("W", "X")
+    )
+
+
+def _check_stored(stored: Mapping[str, Any]) -> None:
+    """Refuse stored run parameters of the wrong kind (a manifest edited or damaged)."""
+    kind = stored.get("kind")
+    valid = {
+        "kind": kind in ("synthetic", "files"),
+        "shape": _is_int_list(stored.get("shape"), 3),
+        "seed": stored.get("seed") is None or _is_int(stored.get("seed")),
+        "value_bits": stored.get("value_bits") is None or _is_int(stored.get("value_bits")),
+        "operands": _stored_operands_ok(kind, stored.get("operands")),
+        "bits": _is_int_list(stored.get("bits")),
+        "partition": stored.get("partition") is None or _is_int_list(stored.get("partition")),
+        "ordering": stored.get("ordering") is None or isinstance(stored.get("ordering"), str),
+    }
+    wrong = [f"{key} = {stored.get(key)!r}" for key, ok in valid.items() if not ok]
+    if wrong:
+        raise RunStoreError(
+            "the manifest of the run being resumed holds parameters this version cannot use"
+            " (edited or damaged): " + "; ".join(wrong)
+        )
+
+
+def check_limits(
+    deadline: float | None, tolerance: float | None, block_rows: int | None
+) -> None:
+    """Refuse limits a run cannot honour, before it starts.
+
+    Raises
+    ------
+    ValueError
+        A deadline that is negative or not finite, a tolerance that is negative or NaN, or
+        fewer than one row per block.
+
+    Examples
+    --------
+    >>> check_limits(deadline=0.0, tolerance=1e3, block_rows=256)
+    >>> check_limits(deadline=-1.0, tolerance=None, block_rows=None)
+    Traceback (most recent call last):
+    ...
+    ValueError: deadline must be a finite number of seconds >= 0, got -1.0
+    """
+    if deadline is not None and not (math.isfinite(deadline) and deadline >= 0):
+        raise ValueError(f"deadline must be a finite number of seconds >= 0, got {deadline!r}")
+    if tolerance is not None and not tolerance >= 0:  # also refuses NaN
+        raise ValueError(
+            f"tolerance must be a number >= 0 (a bound on |W X - estimate|), got {tolerance!r}"
+        )
+    if block_rows is not None and (not _is_int(block_rows) or block_rows < 1):
+        raise ValueError(f"block_rows must be a positive integer, got {block_rows!r}")
 
 
 def _fill(request: MatmulRequest, values: Mapping[str, Any]) -> MatmulRequest:
@@ -130,6 +203,8 @@ def resolve_matmul(
         A value outside an explicit partition's range.
     ValueError
         A bad partition, bit list or ordering.
+    RunStoreError
+        Stored parameters of the wrong kind (a hand-edited manifest).
     """
     req = request.completed(stored, settings)
     explicit = Partition(req.partition) if req.partition else None
@@ -146,6 +221,8 @@ def resolve_matmul(
         }
     else:
         shape = check_shape(req.shape)
+        if req.seed is not None:
+            check_seed(req.seed)
         w = x = None
         top = float(2 ** (check_value_bits(req.value_bits or 0) - 1))  # largest |value|
         _check_synthetic_range(top, explicit)

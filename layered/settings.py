@@ -73,6 +73,14 @@ class Settings:
     error_check_limit : int
         ``max_abs_error`` against the one-shot product is measured when ``M*K*N`` is at
         most this.
+    mnist_data : str
+        MNIST-format data of the mnist and train pipelines: a directory, or ``"mnist"``
+        (the official files, downloaded once into the user cache and verified).
+    mnist_task : str
+        ``"even-odd"`` (the paper's binary model) or ``"digits"`` (10 classes).
+    chunk_size : int
+        Samples per Dask block of the mnist pipeline; a deadline is honoured within one
+        chunk's duration.
     work_pool : str
         Process work pool the deployments run on.
     cron : str
@@ -95,6 +103,9 @@ class Settings:
     ordering: str = "anti-diagonal"
     block_rows: int = 256
     error_check_limit: int = 2**33
+    mnist_data: str = "mnist"
+    mnist_task: str = "even-odd"
+    chunk_size: int = 2000
     work_pool: str = "layered-process"
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -145,6 +156,9 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "ordering": str,
     "block_rows": int,
     "error_check_limit": int,
+    "mnist_data": str,
+    "mnist_task": str,
+    "chunk_size": int,
     "work_pool": str,
     "cron": str,
     "timezone": str,

@@ -29,7 +29,18 @@ from .decision import (
     resolve_rule,
 )
 from .kernel import NumpyKernel, ProductKernel
-from .network import STOP_REASONS, InferenceResult, Network, layered_inference, one_shot_cost
+from .network import (
+    STOP_REASONS,
+    InferencePlan,
+    InferenceResult,
+    InferenceState,
+    Network,
+    ResolutionDecision,
+    ResolutionUpgrade,
+    layered_inference,
+    one_shot_cost,
+    plan_inference,
+)
 from .ordering import ORDERING_NAMES, Ordering, resolve_ordering
 from .partition import Components, Partition, PartitionRangeError
 from .product import (
@@ -48,17 +59,22 @@ __all__ = [
     "DecisionContext",
     "GrayZone",
     "HIDDEN_ACTIVATIONS",
+    "InferencePlan",
     "InferenceResult",
+    "InferenceState",
     "LogitBounds",
     "Margin",
     "Network",
     "OUTPUT_FUNCTIONS",
     "PiecewiseLinear",
+    "ResolutionDecision",
+    "ResolutionUpgrade",
     "RULE_NAMES",
     "Rule",
     "STOP_REASONS",
     "layered_inference",
     "one_shot_cost",
+    "plan_inference",
     "predicted_class",
     "resolve_rule",
     "BOUND_KINDS",

@@ -11,6 +11,15 @@ forward pass of the network whose inputs, weights and biases are truncated to th
 with ``A_l`` the weights accumulated so far. Only the samples a decision rule keeps
 *active* are upgraded; their state is kept compacted, so frozen samples cost nothing.
 
+:func:`layered_inference` runs every resolution in one go. The same steps are public, for
+callers that run one resolution at a time on part of a batch and keep the state in
+between (a pipeline task per resolution over chunks of samples): an
+:class:`InferencePlan` (validated operands, see :func:`plan_inference`) starts an
+:class:`InferenceState`, :meth:`InferencePlan.advance` adds one resolution to its active
+samples, :meth:`InferencePlan.decide` freezes samples by a rule, and
+:meth:`InferenceState.to_arrays` / :meth:`InferencePlan.restore` carry a state through
+files. :func:`layered_inference` is these steps in a loop, so both give identical results.
+
 Examples
 --------
 >>> import numpy as np
@@ -26,9 +35,10 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -46,11 +56,16 @@ from .kernel import exact_dtype
 from .partition import Components, Partition
 
 __all__ = [
+    "InferencePlan",
     "InferenceResult",
+    "InferenceState",
     "Network",
+    "ResolutionDecision",
+    "ResolutionUpgrade",
     "STOP_REASONS",
     "layered_inference",
     "one_shot_cost",
+    "plan_inference",
 ]
 
 STOP_REASONS = ("completed", "decided", "deadline")
@@ -240,13 +255,145 @@ class InferenceResult:
         return self.stop_reason is not None
 
 
+@dataclass(frozen=True, eq=False)
+class InferenceState:
+    """A batch of samples after some resolutions: every answer so far, and the active layers.
+
+    Made by :meth:`InferencePlan.start`, :meth:`InferencePlan.advance` and
+    :meth:`InferencePlan.decide`; its arrays are never modified in place (every step makes
+    new ones), so a state can be kept, persisted or compared while later steps run.
+
+    Attributes
+    ----------
+    resolution : int
+        Resolutions added so far (0 before the first).
+    samples : ndarray of int
+        Indices of the active samples in the batch, increasing.
+    H : tuple of ndarray
+        ``H_0 ... H_{L-1}``, the input of each layer, one row per active sample.
+    Z : tuple of ndarray
+        ``Z_1 ... Z_L``, the pre-activation of each layer, one row per active sample.
+    logits, outputs : ndarray
+        Last-layer pre-activations and output probabilities of every sample (``(N,)``
+        sigmoid, ``(N, C)`` softmax); a frozen sample keeps those of the resolution at
+        which it froze.
+    frozen_at : ndarray of int
+        ``(N,)``: resolution at which each sample froze (0 while active).
+    """
+
+    resolution: int
+    samples: np.ndarray
+    H: tuple[np.ndarray, ...]
+    Z: tuple[np.ndarray, ...]
+    logits: np.ndarray
+    outputs: np.ndarray
+    frozen_at: np.ndarray
+
+    @property
+    def active(self) -> np.ndarray:
+        """``(N,)`` bool: the samples still being refined."""
+        mask = np.zeros(len(self.frozen_at), dtype=bool)
+        mask[self.samples] = True
+        return mask
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The state as named arrays (for ``np.savez``), restored by :meth:`InferencePlan.restore`.
+
+        ``H_0`` is left out: it is the inputs truncated to ``resolution`` components, which
+        the plan rebuilds (it is the largest array and holds nothing new).
+        """
+        arrays = {
+            "resolution": np.array(self.resolution),
+            "samples": self.samples,
+            "logits": self.logits,
+            "outputs": self.outputs,
+            "frozen_at": self.frozen_at,
+        }
+        arrays.update({f"H{layer}": h for layer, h in enumerate(self.H) if layer})
+        arrays.update({f"Z{layer}": z for layer, z in enumerate(self.Z, start=1)})
+        return arrays
+
+    def _keep(self, keep: np.ndarray, frozen_at: np.ndarray) -> InferenceState:
+        """This state with only the active samples in ``keep`` (a mask over them) left active."""
+        if keep.all():
+            return dataclasses.replace(self, frozen_at=frozen_at)
+        return dataclasses.replace(
+            self,
+            samples=self.samples[keep],
+            H=tuple(h[keep] for h in self.H),
+            Z=tuple(z[keep] for z in self.Z),
+            frozen_at=frozen_at,
+        )
+
+
 @dataclass(frozen=True)
-class _Plan:
-    """Validated operands: the input's and every layer's weight and bias components.
+class ResolutionUpgrade:
+    """What :meth:`InferencePlan.advance` returns.
+
+    Attributes
+    ----------
+    state : InferenceState
+        After the upgrade, before any decision (the same samples active).
+    n_active : int
+        Samples upgraded.
+    bit_ops, flops : int
+        Cost of the upgrade (see :class:`InferenceResult`).
+    """
+
+    state: InferenceState
+    n_active: int
+    bit_ops: int
+    flops: int
+
+
+@dataclass(frozen=True)
+class ResolutionDecision:
+    """What :meth:`InferencePlan.decide` returns.
+
+    Attributes
+    ----------
+    state : InferenceState
+        The frozen samples dropped from the active ones (their answers kept).
+    stop : str or None
+        ``"completed"`` at the last resolution, ``"decided"`` when no sample is left
+        active, a rule's halting reason (``"deadline"``), else None.
+    decision_flops : int
+        Operations the rule spent on logit bounds (certified rule).
+    """
+
+    state: InferenceState
+    stop: str | None
+    decision_flops: int
+
+
+@dataclass(frozen=True, eq=False)
+class InferencePlan:
+    """Validated operands of a layered inference, and its steps.
+
+    Holds the input's and every layer's weight and bias components, and the weights and
+    biases accumulated after each resolution (shared by every sample). Build it with
+    :func:`plan_inference`; :meth:`start`, :meth:`advance` and :meth:`decide` then run the
+    inference one resolution at a time, and :meth:`restore` takes up a state saved with
+    :meth:`InferenceState.to_arrays`. A batch split into chunks, each with its own plan,
+    gives per sample exactly what one plan over the whole batch gives.
 
     The first layer's products (input components times weight components, both on
     power-of-two grids) run in ``first_dtype``: float32 when every partial sum stays
     below 2**24 grid units, so they are exact and twice as cheap as float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from layered.layering import Partition
+    >>> net = Network([np.array([[1.5, -1.0]])], [np.array([0.25])], output="sigmoid")
+    >>> p = Partition((1, 0, -2))
+    >>> plan = plan_inference(net, np.array([[1.75, 0.5], [0.25, 0.25]]), p, [p])
+    >>> state = plan.start()
+    >>> for _ in range(plan.resolutions):
+    ...     state = plan.decide(plan.advance(state).state, "margin").state
+    ...     print(state.resolution, state.logits.tolist(), state.frozen_at.tolist())
+    1 [1.0, 0.0] [1, 0]
+    2 [1.0, 0.375] [1, 2]
     """
 
     network: Network
@@ -255,6 +402,8 @@ class _Plan:
     weight_partitions: tuple[Partition, ...]
     weight_parts: tuple[tuple[np.ndarray, ...], ...]
     bias_parts: tuple[tuple[np.ndarray, ...], ...]
+    weights_after: tuple[tuple[np.ndarray, ...], ...]
+    biases_after: tuple[tuple[np.ndarray, ...], ...]
     first_dtype: np.dtype
     input_negative: np.ndarray
     clipped: int
@@ -267,19 +416,176 @@ class _Plan:
     def n_samples(self) -> int:
         return self.x.digits[0].shape[0]
 
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of the batch's outputs: ``(N,)`` (sigmoid) or ``(N, C)`` (softmax)."""
+        net = self.network
+        return (self.n_samples,) if net.output == "sigmoid" else (
+            self.n_samples, net.weights[-1].shape[0])
+
     def input_component(self, k: int, samples: np.ndarray | None) -> np.ndarray:
         """Component ``k`` of the inputs of ``samples`` (None: all), in ``first_dtype``."""
         digits = self.x.digits[k] if samples is None else self.x.digits[k][samples]
         return np.multiply(digits, math.ldexp(1.0, self.x.exponents[k]), dtype=self.first_dtype)
 
+    def input_prefix(self, k: int, samples: np.ndarray) -> np.ndarray:
+        """The inputs of ``samples`` cut to ``k`` components, summed as the upgrades add them."""
+        h = np.zeros((len(samples), self.network.layer_sizes[0]), dtype=self.first_dtype)
+        for j in range(k):
+            h = h + self.input_component(j, samples)
+        return h
 
-def _plan(
+    def start(self) -> InferenceState:
+        """The batch before the first resolution: every sample active, every Z = 0."""
+        net, n = self.network, self.n_samples
+        sizes = net.layer_sizes
+        # Resolution 0 has Z = 0 everywhere, hence H_l = σ(0) in hidden layers (0.5 for
+        # the piecewise-linear sigmoid); the input starts at 0.
+        rest = float(net.hidden.value(np.zeros(1))[0])
+        H = (np.zeros((n, sizes[0]), dtype=self.first_dtype),
+             *(np.full((n, s), rest) for s in sizes[1:-1]))
+        Z = tuple(np.zeros((n, s)) for s in sizes[1:])
+        zeros = np.zeros(self.output_shape)
+        return InferenceState(0, np.arange(n), H, Z, zeros, zeros.copy(),
+                              np.zeros(n, dtype=np.int64))
+
+    def advance(self, state: InferenceState, rounding: float | None = None) -> ResolutionUpgrade:
+        """Add the next resolution's components to the active samples of ``state``.
+
+        Parameters
+        ----------
+        state : InferenceState
+            A state of this plan (its batch, its samples).
+        rounding : float, optional
+            Round every increment ΔZ to this grid (see :func:`layered_inference`).
+
+        Raises
+        ------
+        ValueError
+            If ``state`` already holds every resolution.
+        """
+        k = state.resolution
+        if k >= self.resolutions:
+            raise ValueError(
+                f"the state already holds all {self.resolutions} resolutions; nothing to add"
+            )
+        H, Z = list(state.H), list(state.Z)
+        bit_ops, flops = _upgrade(self, H, Z, state.samples, k, rounding)
+        z_last = _last_logits(self.network, Z[-1])
+        logits, outputs = state.logits.copy(), state.outputs.copy()
+        logits[state.samples] = z_last
+        outputs[state.samples] = output_probabilities(self.network.output, z_last)
+        upgraded = InferenceState(k + 1, state.samples, tuple(H), tuple(Z), logits, outputs,
+                                  state.frozen_at)
+        return ResolutionUpgrade(upgraded, len(state.samples), bit_ops, flops)
+
+    def decide(
+        self, state: InferenceState, rule: str | Rule | None = None, *,
+        started: float | None = None,
+    ) -> ResolutionDecision:
+        """Freeze the active samples of ``state`` that ``rule`` stops (all of them at the end).
+
+        Parameters
+        ----------
+        state : InferenceState
+            Right after :meth:`advance`.
+        rule : None, name or Rule
+            As in :func:`layered_inference`.
+        started : float, optional
+            ``time.monotonic()`` when the inference started (for a :class:`Deadline`).
+        """
+        r, net = state.resolution, self.network
+        if r < 1:
+            raise ValueError("decide needs a state with at least one resolution (advance first)")
+        policy = resolve_rule(rule)
+        policy.check(net.output, None)
+        z_last = _last_logits(net, state.Z[-1])
+        ctx = DecisionContext(
+            resolution=r,
+            resolutions=self.resolutions,
+            output=net.output,
+            outputs=state.outputs[state.samples],
+            logits=z_last,
+            samples=state.samples,
+            started=started,
+            bounds=partial(_logit_bounds, self, state),
+        )
+        stop = "completed" if r == self.resolutions else policy.halts(ctx)
+        freeze = np.ones(len(state.samples), dtype=bool) if stop else freeze_mask(policy, ctx)
+        if stop is None and freeze.all():
+            stop = "decided"
+        frozen_at = state.frozen_at.copy()
+        frozen_at[state.samples[freeze]] = r
+        return ResolutionDecision(state._keep(~freeze, frozen_at), stop, ctx.bounds_flops)
+
+    def restore(self, arrays: Mapping[str, np.ndarray]) -> InferenceState:
+        """The state saved by :meth:`InferenceState.to_arrays` for this plan's batch.
+
+        Raises
+        ------
+        ValueError
+            If an array is missing or its shape does not fit this plan (the message names it).
+        """
+        r = int(_saved(arrays, "resolution", ()))
+        if not 0 <= r <= self.resolutions:
+            raise ValueError(f"saved state has resolution {r}, outside 0..{self.resolutions}")
+        n, sizes = self.n_samples, self.network.layer_sizes
+        samples = np.asarray(_saved(arrays, "samples", (None,)), dtype=np.int64)
+        if samples.size and (samples.min() < 0 or samples.max() >= n):
+            raise ValueError(f"saved state has active samples outside 0..{n - 1}")
+        k = len(samples)
+        hidden = range(1, len(sizes) - 1)
+        H = (self.input_prefix(r, samples),
+             *(_saved(arrays, f"H{layer}", (k, sizes[layer])) for layer in hidden))
+        Z = tuple(_saved(arrays, f"Z{layer}", (k, sizes[layer])) for layer in range(1, len(sizes)))
+        return InferenceState(
+            r, samples, H, Z,
+            _saved(arrays, "logits", self.output_shape),
+            _saved(arrays, "outputs", self.output_shape),
+            np.asarray(_saved(arrays, "frozen_at", (n,)), dtype=np.int64),
+        )
+
+
+def _saved(
+    arrays: Mapping[str, np.ndarray], name: str, shape: tuple[int | None, ...]
+) -> np.ndarray:
+    """Array ``name`` of a saved state, checked to have ``shape`` (None: any length)."""
+    if name not in arrays:
+        raise ValueError(f"saved state has no array {name!r} (has {sorted(arrays)})")
+    a = np.asarray(arrays[name])
+    if a.ndim != len(shape) or any(
+        s is not None and s != t for s, t in zip(shape, a.shape, strict=True)
+    ):
+        raise ValueError(f"saved state array {name!r} has shape {a.shape}, expected {shape}")
+    return a
+
+
+def _last_logits(network: Network, z_last: np.ndarray) -> np.ndarray:
+    return z_last[:, 0] if network.output == "sigmoid" else z_last
+
+
+def plan_inference(
     network: Network,
     X: npt.ArrayLike,
     input_partition: Partition,
     weight_partitions: Sequence[Partition],
-    clip: bool,
-) -> _Plan:
+    *,
+    clip: bool = False,
+) -> InferencePlan:
+    """Validate and split the operands of a layered inference of ``network`` on ``X``.
+
+    Parameters and errors as in :func:`layered_inference` (which calls this first).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from layered.layering import Partition
+    >>> net = Network([np.ones((1, 3))], [np.zeros(1)])
+    >>> p = Partition((1, 0, -1))
+    >>> plan = plan_inference(net, np.full((5, 3), 0.5), p, [p])
+    >>> plan.resolutions, plan.n_samples, plan.output_shape
+    (2, 5, (5,))
+    """
     if not isinstance(network, Network):
         raise TypeError(f"model must be a Network, got {type(network).__name__}")
     pws = tuple(weight_partitions)
@@ -296,18 +602,29 @@ def _plan(
         dtype = first_dtype if layer == 0 else np.dtype(np.float64)
         w_parts.append(tuple(wc.value(i).astype(dtype) for i in range(p.m)))
         b_parts.append(tuple(bc.value(i) for i in range(p.m)))
-    return _Plan(
+    return InferencePlan(
         network,
         x,
         input_partition,
         pws,
         tuple(w_parts),
         tuple(b_parts),
+        _accumulated(w_parts),
+        _accumulated(b_parts),
         first_dtype,
         np.signbit(x_values),
         clipped,
     )
 
+
+def _accumulated(parts: Sequence[tuple[np.ndarray, ...]]) -> tuple[tuple[np.ndarray, ...], ...]:
+    """``[k][layer]``: each layer's components 0..k-1 summed in order (k = 0..R)."""
+    totals = [np.zeros_like(layer_parts[0]) for layer_parts in parts]
+    after = [tuple(totals)]
+    for k in range(len(parts[0])):
+        totals = [total + layer_parts[k] for total, layer_parts in zip(totals, parts, strict=True)]
+        after.append(tuple(totals))
+    return tuple(after)
 
 def _out_of_range(a: npt.ArrayLike, p: Partition) -> int:
     """Values outside ``|a| < 2**p_0``: the ones clipping changes beyond truncation.
@@ -343,72 +660,35 @@ def _check_partitions(network: Network, px: Partition, pws: tuple[Partition, ...
             )
 
 
-class _State:
-    """Per-layer accumulated weights, and per active sample the stored H and Z.
-
-    Arrays are replaced, never modified in place, so a decision context that captured
-    them keeps a consistent snapshot.
-    """
-
-    def __init__(self, plan: _Plan) -> None:
-        net = plan.network
-        self.samples = np.arange(plan.n_samples)
-        self.A = [np.zeros_like(parts[0]) for parts in plan.weight_parts]
-        self.b = [np.zeros_like(b) for b in net.biases]
-        n = len(self.samples)
-        sizes = net.layer_sizes
-        # Resolution 0 has Z = 0 everywhere, hence H_l = σ(0) in hidden layers (0.5 for
-        # the piecewise-linear sigmoid); the input starts at 0.
-        zero = np.zeros(1)
-        self.H = [np.zeros((n, sizes[0]), dtype=plan.first_dtype)] + [
-            np.full((n, s), float(net.hidden.value(zero)[0])) for s in sizes[1:-1]
-        ]
-        self.Z = [np.zeros((n, s)) for s in sizes[1:]]
-
-    def snapshot(self) -> _State:
-        """A copy that later upgrades leave alone (the arrays themselves are shared)."""
-        copy = object.__new__(_State)
-        copy.samples, copy.A, copy.b = self.samples, list(self.A), list(self.b)
-        copy.H, copy.Z = list(self.H), list(self.Z)
-        return copy
-
-    def keep(self, mask: np.ndarray) -> None:
-        """Drop the samples not in ``mask`` (a bool mask over the active samples)."""
-        if mask.all():
-            return
-        self.samples = self.samples[mask]
-        self.H = [h[mask] for h in self.H]
-        self.Z = [z[mask] for z in self.Z]
-
-
-def _upgrade(plan: _Plan, state: _State, k: int, rounding: float | None) -> tuple[int, int]:
-    """Add component ``k`` (0-based) of the input and of every layer; return (bit_ops, flops)."""
+def _upgrade(
+    plan: InferencePlan, H: list[np.ndarray], Z: list[np.ndarray], samples: np.ndarray, k: int,
+    rounding: float | None,
+) -> tuple[int, int]:
+    """Add component ``k`` (0-based) of the input and of every layer to the active samples'
+    ``H`` and ``Z`` (lists, whose arrays are replaced); return (bit_ops, flops)."""
     net = plan.network
-    n = len(state.samples)
-    dh = plan.input_component(k, None if n == plan.n_samples else state.samples)
+    n = len(samples)
+    dh = plan.input_component(k, None if n == plan.n_samples else samples)
     bit_ops = flops = 0
     for layer in range(net.n_layers):
         dA, db = plan.weight_parts[layer][k], plan.bias_parts[layer][k]
-        h_new = state.H[layer] + dh
+        h_new = H[layer] + dh
         dz = h_new @ dA.T + db
         out, inp = dA.shape
         flops += 2 * n * inp * out + n * out
         if k:  # A is still zero at the first resolution: nothing to reuse yet.
-            dz += dh @ state.A[layer].T
+            dz += dh @ plan.weights_after[k][layer].T
             flops += 2 * n * inp * out
         if rounding is not None:
             dz = np.round(dz / rounding) * rounding
         bit_ops += _upgrade_bit_ops(plan, layer, k, n)
         if layer < net.n_layers - 1:
-            dh = net.hidden.increment(state.Z[layer], dz)
-        state.H[layer] = h_new
-        state.Z[layer] = state.Z[layer] + dz
-        state.A[layer] = state.A[layer] + dA
-        state.b[layer] = state.b[layer] + db
+            dh = net.hidden.increment(Z[layer], dz)
+        H[layer] = h_new
+        Z[layer] = Z[layer] + dz
     return bit_ops, flops
 
-
-def _upgrade_bit_ops(plan: _Plan, layer: int, k: int, n: int) -> int:
+def _upgrade_bit_ops(plan: InferencePlan, layer: int, k: int, n: int) -> int:
     """Bit operations of one layer's upgrade at component ``k`` for ``n`` samples.
 
     A b1-bit by b2-bit multiply costs b1*b2. Activations of every layer are counted with
@@ -452,8 +732,8 @@ def one_shot_cost(
     return bit_ops, flops
 
 
-def _logit_bounds(plan: _Plan, state: _State, r: int) -> LogitBounds:
-    """Bounds on the full-resolution logits of the active samples after ``r`` resolutions.
+def _logit_bounds(plan: InferencePlan, state: InferenceState) -> LogitBounds:
+    """Bounds on the full-resolution logits of the active samples of ``state``.
 
     What the components not yet added can still contribute is an interval per entry
     (:func:`_remainder`); it is propagated through every layer in midpoint-radius
@@ -463,18 +743,18 @@ def _logit_bounds(plan: _Plan, state: _State, r: int) -> LogitBounds:
 
         Z_full - Z = dH Aᵀ + (H + dH) e_Wᵀ + e_b
     """
-    net = plan.network
+    net, r = plan.network, state.resolution
     negative = plan.input_negative[state.samples]
     c_h, rad_h = _remainder(negative, plan.input_partition.tail_bound(r))
     flops = 0
     for layer in range(net.n_layers):
         tail = plan.weight_partitions[layer].tail_bound(r)
-        A = state.A[layer]
+        A = plan.weights_after[r][layer]
         c_w, rad_w = _remainder(np.signbit(net.weights[layer]), tail)
         c_b, rad_b = _remainder(np.signbit(net.biases[layer]), tail)
         c_H = state.H[layer] + c_h
         w_mag = np.abs(A) + np.abs(c_w) + rad_w  # bounds |W_full|
-        b_mag = np.abs(state.b[layer]) + np.abs(c_b) + rad_b
+        b_mag = np.abs(plan.biases_after[r][layer]) + np.abs(c_b) + rad_b
         center = c_h @ A.T + c_H @ c_w.T + c_b
         radius = rad_h @ w_mag.T + np.abs(c_H) @ rad_w.T + rad_b
         radius += _rounding_margin(plan, np.abs(c_H) + rad_h, w_mag, b_mag)
@@ -503,7 +783,7 @@ def _remainder(negative: np.ndarray, tail: float) -> tuple[np.ndarray, np.ndarra
 
 
 def _rounding_margin(
-    plan: _Plan, h_mag: np.ndarray, w_mag: np.ndarray, b_mag: np.ndarray
+    plan: InferencePlan, h_mag: np.ndarray, w_mag: np.ndarray, b_mag: np.ndarray
 ) -> np.ndarray:
     """A floating-point safety margin per sample for one layer's bounds.
 
@@ -570,60 +850,36 @@ def layered_inference(
     """
     if rounding is not None and not (math.isfinite(rounding) and rounding > 0):
         raise ValueError(f"rounding must be a positive grid step or None, got {rounding!r}")
-    plan = _plan(model, X, input_partition, weight_partitions, clip)
+    plan = plan_inference(model, X, input_partition, weight_partitions, clip=clip)
     policy = resolve_rule(rule)
     policy.check(model.output, rounding)
     return _resolutions(plan, policy, rounding)
 
 
-def _resolutions(plan: _Plan, policy: Rule, rounding: float | None) -> Iterator[InferenceResult]:
-    net, R = plan.network, plan.resolutions
-    n = plan.n_samples
-    shape = (n,) if net.output == "sigmoid" else (n, net.weights[-1].shape[0])
-    logits, outputs = np.zeros(shape), np.zeros(shape)
-    frozen_at = np.zeros(n, dtype=np.int64)
-    state = _State(plan)
+def _resolutions(
+    plan: InferencePlan, policy: Rule, rounding: float | None
+) -> Iterator[InferenceResult]:
+    state = plan.start()
     started = time.monotonic()
-    for r in range(1, R + 1):
+    while True:
         t0 = time.monotonic()
-        n_active = len(state.samples)
-        bit_ops, flops = _upgrade(plan, state, r - 1, rounding)
-        z_last = state.Z[-1][:, 0] if net.output == "sigmoid" else state.Z[-1]
-        logits[state.samples] = z_last
-        outputs[state.samples] = output_probabilities(net.output, z_last)
-        ctx = DecisionContext(
-            resolution=r,
-            resolutions=R,
-            output=net.output,
-            outputs=outputs[state.samples],
-            logits=z_last,
-            samples=state.samples,
-            started=started,
-            bounds=partial(_logit_bounds, plan, state.snapshot(), r),
-        )
-        stop = "completed" if r == R else policy.halts(ctx)
-        freeze = np.ones(n_active, dtype=bool) if stop else freeze_mask(policy, ctx)
-        if stop is None and freeze.all():
-            stop = "decided"
-        frozen_at[state.samples[freeze]] = r
-        state.keep(~freeze)
-        active = np.zeros(n, dtype=bool)
-        active[state.samples] = True
+        upgrade = plan.advance(state, rounding)
+        decision = plan.decide(upgrade.state, policy, started=started)
+        state = decision.state
         yield InferenceResult(
-            resolution=r,
-            resolutions=R,
-            outputs=outputs.copy(),
-            logits=logits.copy(),
-            active=active,
-            frozen_at=frozen_at.copy(),
-            n_active=n_active,
-            bit_ops=bit_ops,
-            flops=flops,
-            decision_flops=ctx.bounds_flops,
+            resolution=state.resolution,
+            resolutions=plan.resolutions,
+            outputs=state.outputs.copy(),  # copies: callers may modify what they get
+            logits=state.logits.copy(),
+            active=state.active,
+            frozen_at=state.frozen_at.copy(),
+            n_active=upgrade.n_active,
+            bit_ops=upgrade.bit_ops,
+            flops=upgrade.flops,
+            decision_flops=decision.decision_flops,
             elapsed_s=time.monotonic() - t0,
-            stop_reason=stop,
+            stop_reason=decision.stop,
             clipped=plan.clipped,
         )
-        if stop:
+        if decision.stop:
             return
-

@@ -10,6 +10,9 @@ Examples
 'matmul-my-run-1'
 >>> progress_line({"resolution": 2, "elapsed_s": 1.5, "bound": 12.0, "max_abs_error": 3.0}, 3)
 '[#############-------] resolution 2/3  bound 12  error 3  at 1.50 s'
+>>> progress_line({"resolution": 1, "elapsed_s": 0.2, "active_fraction": 0.25, "accuracy": 0.9},
+...               4, measures=MNIST_MEASURES)
+'[#####---------------] resolution 1/4  active 25.0%  accuracy 0.9000  at 0.20 s'
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from uuid import UUID
 
 __all__ = [
     "ROW_FIELDS",
+    "MNIST_ROW_FIELDS",
+    "MATMUL_MEASURES",
+    "MNIST_MEASURES",
+    "plot_mnist",
     "artifact_key",
     "progress_line",
     "announce",
@@ -33,9 +40,14 @@ __all__ = [
     "plot_matmul",
     "warm_up_plotting",
     "publish_summary",
+    "publish_training",
 ]
 
 ROW_FIELDS = ("resolution", "elapsed_s", "bound", "max_abs_error", "bit_ops", "flops")
+MNIST_ROW_FIELDS = ("resolution", "elapsed_s", "active_fraction", "accuracy", "bit_ops")
+#: What a progress line shows after the bar: (label, entry field, format), per pipeline.
+MATMUL_MEASURES = (("bound", "bound", ".2g"), ("error", "max_abs_error", ".2g"))
+MNIST_MEASURES = (("active", "active_fraction", ".1%"), ("accuracy", "accuracy", ".4f"))
 progress_logger = logging.getLogger("layered.progress")
 
 
@@ -44,15 +56,17 @@ def artifact_key(kind: str, run_id: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{kind}-{run_id}".lower()).strip("-")
 
 
-def progress_line(entry: Mapping[str, Any], resolutions: int, width: int = 20) -> str:
-    """A one-line text bar for a completed resolution."""
+def progress_line(
+    entry: Mapping[str, Any], resolutions: int, width: int = 20,
+    measures: Sequence[tuple[str, str, str]] = MATMUL_MEASURES,
+) -> str:
+    """A one-line text bar for a completed resolution, with its ``measures`` (None: left out)."""
     r = int(entry["resolution"])
     filled = round(width * r / resolutions)
-    error = entry.get("max_abs_error")
     parts = [
         f"[{'#' * filled}{'-' * (width - filled)}] resolution {r}/{resolutions}",
-        f"bound {entry['bound']:.2g}",
-        *([f"error {error:.2g}"] if error is not None else []),
+        *(f"{label} {entry[field]:{fmt}}" for label, field, fmt in measures
+          if entry.get(field) is not None),
         f"at {entry['elapsed_s']:.2f} s",
     ]
     return "  ".join(parts)
@@ -78,16 +92,16 @@ def start_progress(key: str, done: int, total: int) -> UUID:
 
 
 def publish_resolution(
-    key: str, entries: Sequence[Mapping[str, Any]], total: int, progress: UUID
+    key: str, entries: Sequence[Mapping[str, Any]], total: int, progress: UUID,
+    fields: Sequence[str] = ROW_FIELDS, what: str = "guaranteed bound and measured error",
 ) -> None:
     """A table artifact for the latest resolution (all rows so far) and the progress."""
     from prefect.artifacts import create_table_artifact, update_progress_artifact
 
-    rows = [{name: entry.get(name) for name in ROW_FIELDS} for entry in entries]
+    rows = [{name: entry.get(name) for name in fields} for entry in entries]
     r = int(entries[-1]["resolution"])
     create_table_artifact(
-        table=rows, key=key,
-        description=f"resolution {r} of {total}: guaranteed bound and measured error so far",
+        table=rows, key=key, description=f"resolution {r} of {total}: {what} so far",
     )
     update_progress_artifact(progress, 100.0 * r / total)
 
@@ -138,8 +152,35 @@ def plot_matmul(entries: Sequence[Mapping[str, Any]], directory: Path) -> list[P
     return paths
 
 
-def publish_summary(key: str, summary: Mapping[str, Any], plots: Sequence[Path]) -> None:
-    """A markdown artifact: outcome, the resolution table and links to the plots."""
+def plot_mnist(entries: Sequence[Mapping[str, Any]], directory: Path) -> list[Path]:
+    """A PNG plot of the accuracy and the fraction of samples still active per resolution."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    directory.mkdir(parents=True, exist_ok=True)
+    res = [e["resolution"] for e in entries]
+    fig = Figure(figsize=(10, 4))
+    for ax, field, label in zip(
+        fig.subplots(1, 2), ("accuracy", "active_fraction"),
+        ("accuracy (all samples)", "fraction of samples still active"), strict=True,
+    ):
+        ax.plot(res, [e[field] for e in entries], "o-")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("resolution")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = directory / "accuracy_active_by_resolution.png"
+    fig.savefig(path, dpi=100)
+    return [path]
+
+
+def publish_summary(
+    key: str, summary: Mapping[str, Any], plots: Sequence[Path],
+    fields: Sequence[str] = ROW_FIELDS[:4],
+) -> None:
+    """A markdown artifact: outcome, the resolution table (``fields``), the summary's
+    ``final`` figures if it has them, and links to the plots."""
     from prefect.artifacts import create_markdown_artifact
 
     lines = [
@@ -147,15 +188,29 @@ def publish_summary(key: str, summary: Mapping[str, Any], plots: Sequence[Path])
         "",
         f"Store: `{summary['store']}`",
         "",
-        "| " + " | ".join(ROW_FIELDS[:4]) + " |",
-        "|" + "---|" * 4,
+        "| " + " | ".join(fields) + " |",
+        "|" + "---|" * len(fields),
     ]
     for row in summary["resolutions"]:
-        lines.append("| " + " | ".join(_cell(row.get(f)) for f in ROW_FIELDS[:4]) + " |")
+        lines.append("| " + " | ".join(_cell(row.get(f)) for f in fields) + " |")
+    if summary.get("final"):
+        lines += ["", "Final: " + ", ".join(f"{k} {_cell(v)}" for k, v in summary["final"].items())]
     lines += ["", "Plots (PNG, saved with the run):", ""]
     lines += [f"- [{p.stem.replace('_', ' ')}]({p.resolve().as_uri()}) `{p}`" for p in plots]
     create_markdown_artifact(
         markdown="\n".join(lines), key=f"{key}-summary", description="run summary"
+    )
+
+
+def publish_training(key: str, summary: Mapping[str, Any]) -> None:
+    """A markdown artifact for a training run: every field of its summary."""
+    from prefect.artifacts import create_markdown_artifact
+
+    lines = [f"# Training run `{summary['run_id']}`: {summary['status']}", "",
+             "| field | value |", "|---|---|"]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in summary.items() if k not in ("run_id", "status")]
+    create_markdown_artifact(
+        markdown="\n".join(lines), key=f"{key}-summary", description="training summary"
     )
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures."""
 
 import atexit
+import contextlib
 import os
 import shutil
 import subprocess
@@ -170,28 +171,45 @@ def local_cluster_address(prefect_api) -> str:
         yield cluster.scheduler_address
 
 
-@pytest.fixture(scope="session")
-def loopback_cluster_address(prefect_api, tmp_path_factory) -> str:
-    """A real cluster: ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1."""
+@dataclass
+class LoopbackCluster:
+    """``dask scheduler`` and ``dask worker`` processes on 127.0.0.1 (see loopback_cluster)."""
+
+    address: str
+    scheduler: subprocess.Popen
+    workers: list
+
+
+@contextlib.contextmanager
+def loopback_cluster(directory, n_workers=2, worker_args=(), env=None):
+    """Start a real cluster: a scheduler and ``n_workers`` one-thread workers (with nannies).
+
+    ``worker_args`` are added to every ``dask worker`` command; ``env`` is their environment.
+    Every process it started is stopped on exit (if a test has not killed it already).
+    """
     from distributed import Client
 
-    scheduler_file = tmp_path_factory.mktemp("dask") / "scheduler.json"
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    scheduler_file = Path(directory) / "scheduler.json"
     dask = [sys.executable, "-m", "dask"]
     procs = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
                                "--no-dashboard", "--scheduler-file", str(scheduler_file)])]
     try:
         deadline = time.monotonic() + 60
         while not scheduler_file.exists() and time.monotonic() < deadline:
+            if procs[0].poll() is not None:
+                raise RuntimeError(f"dask scheduler exited with status {procs[0].returncode}")
             time.sleep(0.1)
-        for _ in range(2):
+        for _ in range(n_workers):
             procs.append(subprocess.Popen([
                 *dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
                 "--no-dashboard", "--host", "127.0.0.1", "--preload", "layered.tasks.matmul",
-            ]))
+                *worker_args,
+            ], env=env))
         with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
+            client.wait_for_workers(n_workers, timeout=60)
             address = client.scheduler.address
-        yield address
+        yield LoopbackCluster(address, procs[0], procs[1:])
     finally:
         for proc in reversed(procs):  # only the processes this fixture started
             proc.terminate()
@@ -200,6 +218,71 @@ def loopback_cluster_address(prefect_api, tmp_path_factory) -> str:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@pytest.fixture(scope="session")
+def loopback_cluster_address(prefect_api, tmp_path_factory) -> str:
+    """A real cluster: ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1."""
+    with loopback_cluster(tmp_path_factory.mktemp("dask")) as cluster:
+        yield cluster.address
+
+
+@dataclass
+class DelayedCluster:
+    """A loopback cluster whose workers pause before each matmul row block (fault tests)."""
+
+    cluster: LoopbackCluster
+    blocks: object  # delayed_blocks.BlockControl
+    memory_limit: int  # bytes per worker
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def worker_pids(self) -> dict:
+        """``{worker address: pid}`` of the worker processes (the nannies' children)."""
+        from distributed import Client
+
+        with Client(self.address, timeout=30, set_as_default=False) as client:
+            return client.run(os.getpid)
+
+    def wait_for_workers(self, n: int = 2, timeout: float = 60) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=30, set_as_default=False) as client:
+            client.wait_for_workers(n, timeout=timeout)
+
+
+DELAYED_WORKER_MEMORY = 256 * 2**20
+
+
+@pytest.fixture(scope="session")
+def delayed_cluster(prefect_api, tmp_path_factory) -> DelayedCluster:
+    """Two nanny workers preloading tests/delayed_blocks.py, each limited to 256 MiB.
+
+    The pause before each row block is 0 until a test sets it (``blocks.set_delay``). The
+    workers never pause for memory (a paused worker would hang a test instead of failing
+    it); the nanny still restarts a worker past 95% of its limit.
+    """
+    from delayed_blocks import ENV, BlockControl
+
+    directory = tmp_path_factory.mktemp("delayed")
+    blocks = BlockControl.create(directory / "control")
+    env = {**os.environ, ENV: str(blocks.directory),
+           "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False"}
+    preload = str(Path(__file__).with_name("delayed_blocks.py"))
+    args = ("--preload", preload, "--memory-limit", str(DELAYED_WORKER_MEMORY))
+    with loopback_cluster(directory, worker_args=args, env=env) as cluster:
+        yield DelayedCluster(cluster, blocks, DELAYED_WORKER_MEMORY)
+
+
+@pytest.fixture
+def blocks(delayed_cluster):
+    """The delayed cluster's block control, log cleared; no pause again after the test."""
+    delayed_cluster.blocks.clear()
+    yield delayed_cluster.blocks
+    delayed_cluster.blocks.set_delay(0)
+    delayed_cluster.wait_for_workers(2)  # a worker a test killed is back (its nanny)
 
 
 @pytest.fixture(scope="session")
@@ -218,3 +301,39 @@ def run_matmul(prefect_api):
         return flow(store=str(store), **parameters, return_state=True)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def latest_artifacts(prefect_api):
+    """``latest_artifacts([key, ...])``: the latest version of each keyed Prefect artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactCollectionFilter,
+        ArtifactCollectionFilterKey,
+    )
+
+    def read(keys):
+        with get_client(sync_client=True) as client:
+            return [
+                client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+                    key=ArtifactCollectionFilterKey(any_=[key])))[0]
+                for key in keys
+            ]
+
+    return read
+
+
+@pytest.fixture(scope="session")
+def task_run_states(prefect_api):
+    """``task_run_states(flow_run_id)``: ``{task run name: state name}`` of a flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    def read(flow_run_id):
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        return {run.name: run.state_name for run in runs}
+
+    return read

@@ -26,16 +26,18 @@ def _read(deployment_name, pool):
 def test_deployments_are_registered_with_their_nightly_cron_schedules(prefect_api, tmp_path):
     settings = Settings(store=tmp_path / "runs", timezone="Europe/Paris")
     names = register_deployments(settings, pool="nightly-pool", cron="30 1 * * *")
-    assert names == [f"layered-matmul/{DEPLOYMENT_NAME}"]
-    deployment, pool = _read(names[0], "nightly-pool")
-    assert pool.type == "process"
-    assert deployment.work_pool_name == "nightly-pool"
-    (schedule,) = deployment.schedules
-    assert schedule.active
-    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 1 * * *", "Europe/Paris")
-    assert deployment.entrypoint == "layered.flows.matmul.matmul_flow"
-    assert not deployment.pull_steps  # nothing to fetch over a network
-    assert deployment.job_variables["env"]["LAYERED_STORE"] == str(tmp_path / "runs")
+    assert names == [f"layered-{p}/{DEPLOYMENT_NAME}" for p in ("matmul", "mnist")]
+    for name, pipeline in zip(names, ("matmul", "mnist"), strict=True):
+        deployment, pool = _read(name, "nightly-pool")
+        assert pool.type == "process"
+        assert deployment.work_pool_name == "nightly-pool"
+        (schedule,) = deployment.schedules
+        assert schedule.active
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 1 * * *",
+                                                                        "Europe/Paris")
+        assert deployment.entrypoint == f"layered.flows.{pipeline}.{pipeline}_flow"
+        assert not deployment.pull_steps  # nothing to fetch over a network
+        assert deployment.job_variables["env"]["LAYERED_STORE"] == str(tmp_path / "runs")
 
 
 def test_a_process_worker_runs_the_deployment_once(prefect_api, local_cluster_address, tmp_path):
@@ -44,7 +46,7 @@ def test_a_process_worker_runs_the_deployment_once(prefect_api, local_cluster_ad
 
     store = tmp_path / "runs"
     settings = Settings(store=store, dask_address=local_cluster_address)
-    (name,) = register_deployments(settings, pool="run-pool", cron="0 2 * * *")
+    name = register_deployments(settings, pool="run-pool", cron="0 2 * * *")[0]  # matmul
     flow_run = run_deployment(
         name, parameters={"shape": [64, 48, 16], "seed": 2, "run_id": "deployed"}, timeout=0
     )

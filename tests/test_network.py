@@ -5,6 +5,7 @@ truncated to r components (``reference_net`` in conftest.py).
 """
 
 import gzip
+import io
 from dataclasses import replace
 
 import numpy as np
@@ -21,6 +22,7 @@ from layered.layering import (
     Rule,
     layered_inference,
     one_shot_cost,
+    plan_inference,
 )
 from layered.layering.activations import leaky_relu, pl_sigmoid, relu
 
@@ -274,3 +276,77 @@ def test_real_mnist_images_under_the_paper_partitions(reference_net, shared_mnis
     for res in layered_inference(ref.network(), X, PIXELS, PAPER_WEIGHTS):
         expected = ref.logits(X, PIXELS, PAPER_WEIGHTS, res.resolution)
         np.testing.assert_allclose(res.logits, expected, rtol=0, atol=1e-12)
+
+
+# --- The step API: one resolution at a time, on chunks, through saved states.
+def _saved_and_loaded(state):
+    """``state.to_arrays()`` through an ``.npz`` file, as a pipeline persists it."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **state.to_arrays())
+    buffer.seek(0)
+    return dict(np.load(buffer))
+
+
+@pytest.mark.parametrize(
+    ("output", "n_out", "rule"),
+    [("sigmoid", 1, None), ("sigmoid", 1, "gray-zone"), ("sigmoid", 1, "certified"),
+     ("softmax", 5, "margin"), ("softmax", 5, "certified")],
+)
+def test_chunked_steps_through_saved_states_equal_layered_inference(
+    reference_net, mnist_like, output, n_out, rule
+):
+    ref = reference_net(21, (784, 20, 12, n_out), "relu", output)
+    net, X, pws = ref.network(), mnist_like(9, 700), PAPER_WEIGHTS
+    direct = list(layered_inference(net, X, PIXELS, pws, rule=rule, clip=True))
+    chunks = [(0, 250), (250, 251), (251, 700)]
+    saved = [None] * len(chunks)
+    for res in direct:
+        decided, costs = [], np.zeros(4, dtype=np.int64)
+        for c, (a, b) in enumerate(chunks):
+            plan = plan_inference(net, X[a:b], PIXELS, pws, clip=True)  # a fresh plan each time
+            state = plan.start() if saved[c] is None else plan.restore(saved[c])
+            upgrade = plan.advance(state)
+            decision = plan.decide(upgrade.state, rule)
+            saved[c] = _saved_and_loaded(decision.state)
+            decided.append(decision.state)
+            costs += (upgrade.n_active, upgrade.bit_ops, upgrade.flops, decision.decision_flops)
+        for field in ("outputs", "logits", "active", "frozen_at"):
+            joined = np.concatenate([getattr(s, field) for s in decided])
+            assert np.array_equal(joined, getattr(res, field)), (field, res.resolution)
+        assert tuple(costs) == (res.n_active, res.bit_ops, res.flops, res.decision_flops)
+        assert all(s.resolution == res.resolution for s in decided)
+
+
+def test_a_restored_state_is_the_saved_one(reference_net, mnist_like):
+    ref = reference_net(22, (784, 10, 3), "leaky-relu", "softmax")
+    plan = plan_inference(ref.network(), mnist_like(10, 40), PIXELS, [WEIGHTS] * 2)
+    state = plan.decide(plan.advance(plan.advance(plan.start()).state).state,
+                        FreezeSamples(np.arange(0, 40, 3), 2)).state
+    restored = plan.restore(_saved_and_loaded(state))
+    assert restored.resolution == 2 and len(restored.samples) == 26
+    for a, b in zip((*state.H, *state.Z), (*restored.H, *restored.Z), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    truncated = PIXELS.truncate(mnist_like(10, 40), 2)
+    np.testing.assert_array_equal(restored.H[0], truncated[restored.samples])
+
+
+def test_steps_refuse_states_that_do_not_fit(reference_net, mnist_like):
+    ref = reference_net(23, (784, 6, 1))
+    X = mnist_like(11, 30)
+    plan = plan_inference(ref.network(), X, PIXELS, [WEIGHTS] * 2)
+    saved = _saved_and_loaded(plan.decide(plan.advance(plan.start()).state).state)
+    larger = plan_inference(ref.network(), mnist_like(11, 40), PIXELS, [WEIGHTS] * 2)
+    with pytest.raises(ValueError, match=r"'logits' has shape \(30,\), expected \(40,\)"):
+        larger.restore(saved)
+    smaller = plan_inference(ref.network(), X[:20], PIXELS, [WEIGHTS] * 2)
+    with pytest.raises(ValueError, match=r"active samples outside 0\.\.19"):
+        smaller.restore(saved)
+    with pytest.raises(ValueError, match="no array 'Z2'"):
+        plan.restore({k: v for k, v in saved.items() if k != "Z2"})
+    with pytest.raises(ValueError, match="advance first"):
+        plan.decide(plan.start())
+    state = plan.start()
+    for _ in range(plan.resolutions):
+        state = plan.advance(state).state
+    with pytest.raises(ValueError, match="already holds all 4 resolutions"):
+        plan.advance(state)
