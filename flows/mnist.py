@@ -42,7 +42,13 @@ from layered.data.mnist import pixels_to_unit
 from layered.data.models import RECIPES, load_model, save_model
 from layered.data.store import Run, RunStore, atomic_write_bytes, new_run_id
 from layered.flows.cluster import dask_task_runner
-from layered.flows.matmul import _Clock, _close_dead_invocation, _connect_cluster, _outcome
+from layered.flows.matmul import (
+    _Clock,
+    _close_dead_invocation,
+    _connect_cluster,
+    _outcome,
+    _Stop,
+)
 from layered.flows.mnist_request import (
     MnistInputError,
     MnistRequest,
@@ -168,9 +174,9 @@ def _layer_resolutions(
             run.array_path(f"resolution-{resolution - 1}") if previous else None,
             staged, deadline_at,
         )
-        outcome = _outcome(future, f"resolution {resolution}", run)
-        if isinstance(outcome, State):
-            return "deadline", outcome
+        outcome = _outcome(future, f"resolution {resolution}", run, deadline_at)
+        if isinstance(outcome, _Stop):
+            return outcome.reason, outcome.state
         entries.append(_persist(run, job, outcome, staged, (targets, full), clock.elapsed()))
         report.announce(report.progress_line(entries[-1], total, measures=report.MNIST_MEASURES))
         report.publish_resolution(key, entries, total, progress, fields=report.MNIST_ROW_FIELDS,
