@@ -100,11 +100,14 @@ def _local_cluster_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-def local_cluster(settings: Settings) -> Any:
-    """A LocalCluster of ``settings.n_workers`` process workers (a context manager)."""
+def local_cluster(settings: Settings, **options: Any) -> Any:
+    """A LocalCluster of ``settings.n_workers`` process workers (a context manager).
+
+    ``options`` are further LocalCluster arguments (``memory_limit="512MiB"``, say).
+    """
     from distributed import LocalCluster
 
-    return LocalCluster(**_local_cluster_kwargs(settings))
+    return LocalCluster(**{**_local_cluster_kwargs(settings), **options})
 
 
 def dask_task_runner(settings: Settings, address: str | None = None) -> Any:

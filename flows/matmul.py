@@ -205,24 +205,33 @@ def _layer_resolutions(
         stopped = decide(last["resolution"], total, last["bound"], tolerance, None)
         if stopped is not None:  # resumed a run that had nothing left to do
             return _Stop(stopped, time.time())
-    for resolution in range(len(entries) + 1, total + 1):
+    first = len(entries) + 1
+    for resolution in range(first, total + 1):
         staged = StagedResolution(
             run.stage_array(f"estimate-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
             run.stage_array(f"bound-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
         )
         previous = run.array_path(entries[-1]["files"]["estimate"]) if entries else None
+        submitted_at = time.time()
         future = layer_resolution.submit(job, resolution, previous, staged, deadline_at)
-        outcome = _outcome(future, f"resolution {resolution}", run, deadline_at)
+        if resolution > first:  # shown while this resolution computes
+            _show(key, entries, total, progress)
+        outcome = _outcome(future, f"resolution {resolution}", run, deadline_at, submitted_at)
         if isinstance(outcome, _Stop):
             return outcome
         entries.append(_persist(run, outcome, staged, clock.elapsed()))
-        stopped = decide(resolution, total, outcome.bound, tolerance, deadline_at)
-        decided_at = time.time()  # the resolution is shown in the UI either way, after
-        report.announce(report.progress_line(entries[-1], total))
-        report.publish_resolution(key, entries, total, progress)
+        now = time.time()  # the decision is about this moment, whatever the task's latency
+        stopped = decide(resolution, total, outcome.bound, tolerance, deadline_at, now)
         if stopped is not None:
-            return _Stop(stopped, decided_at)
+            _show(key, entries, total, progress)
+            return _Stop(stopped, now)
     return _Stop("completed", time.time())
+
+
+def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Any) -> None:
+    """The latest resolution in the log and the UI (its table row and the progress)."""
+    report.announce(report.progress_line(entries[-1], total))
+    report.publish_resolution(key, entries, total, progress)
 
 
 class _Clock:
@@ -236,13 +245,16 @@ class _Clock:
 
 
 def _outcome(
-    future: PrefectFuture[Any], what: str, run: Run, deadline_at: float | None
+    future: PrefectFuture[Any], what: str, run: Run, deadline_at: float | None,
+    submitted_at: float | None = None,
 ) -> Any:
     """The task's result, or a deadline :class:`_Stop`.
 
-    The flow waits for the task until the deadline at most: a task that has not ended then
-    (still starting on its worker, say) is left to see the deadline itself and end
-    Cancelled, so the run stops on time whatever the orchestration's latency.
+    The run stops at the deadline whatever the orchestration's latency: the flow waits for
+    the task until the deadline at most, and not at all if the deadline passed before the
+    task was submitted (``submitted_at``). A task it stopped waiting for sees the deadline
+    itself (before submitting any block, if it starts late) and ends Cancelled, which is
+    all it was submitted for then: the UI shows the resolution stopped.
 
     Raises
     ------
@@ -250,10 +262,18 @@ def _outcome(
         If Dask cancelled the task's future: its client gave up reconnecting to a lost
         scheduler (after its timeout), or the scheduler restarted and forgot the task.
     """
-    future.wait(None if deadline_at is None else max(0.0, deadline_at - time.time()))
-    if not future.wrapped_future.done():  # type: ignore[attr-defined]
+    if deadline_at is not None and submitted_at is not None and submitted_at >= deadline_at:
+        late: State = Cancelled(message=f"deadline passed before {what}; stopped")
+        return _Stop("deadline", submitted_at, late, future)
+    done = future.wrapped_future.done  # type: ignore[attr-defined]
+    if deadline_at is None:
+        future.wait()
+    while deadline_at is not None and not done() and time.time() < deadline_at:
+        future.wait(deadline_at - time.time())  # (a timed wait may end a little early)
+    if not done():
         stopped: State = Cancelled(message=f"deadline passed during {what}; stopped")
         return _Stop("deadline", time.time(), stopped, future)
+    future.wait()  # done: takes its final state, if it ended just after the wait timed out
     try:
         if future.state.is_cancelled():
             return _Stop("deadline", time.time(), future.state)
@@ -305,9 +325,10 @@ def _prepare(
             w_digits=tuple(staged.get(_rel(run, p), p) for p in job.w_digits),
             x_digits=tuple(staged.get(_rel(run, p), p) for p in job.x_digits),
         )
+        submitted_at = time.time()
         outcome = _outcome(prepare_operands.submit(
             staged_job, split, staged.get("reference.npy"), deadline_at
-        ), "the operand preparation", run, deadline_at)
+        ), "the operand preparation", run, deadline_at, submitted_at)
         if isinstance(outcome, _Stop):
             return outcome
         files = run.commit_arrays(staged)

@@ -7,7 +7,10 @@ process (about 6 s each, one SQLite file). Instead, in order of preference:
 2. a server started earlier with ``layered server start`` (recorded in
    ``<prefect_home>/layered-server.json``), kept up between runs;
 3. a ``prefect server start`` on 127.0.0.1 and a free port, started for this run and
-   stopped after it (a new database takes 15-20 s to start, an existing one 5-8 s).
+   stopped after it (a new database takes 15-20 s to start, an existing one 5-8 s). On
+   Linux it is also tied to the process that started it (``PR_SET_PDEATHSIG``): if that
+   process is killed (SIGKILL, out of memory), the kernel stops the server too, so no
+   orphaned server is left behind by a run that died.
 
 The server's ``PREFECT_HOME`` is ``Settings.prefect_home`` (under the user's data
 directory), with telemetry off (``DO_NOT_TRACK=1``, analytics disabled).
@@ -110,11 +113,28 @@ def _server_env(home: Path, port: int) -> dict[str, str]:
     return env
 
 
-def _launch(home: Path, source: str) -> ApiServer:
-    """Start ``prefect server start`` in its own process group on a free port."""
+# Run as ``python -c _TIED PARENT_PID -m prefect ...``: asks the kernel for SIGTERM when the
+# thread that started it ends (prctl PR_SET_PDEATHSIG = 1), gives up if that parent is
+# already gone, then becomes the prefect command (the setting survives exec).
+_TIED = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit('the process that started it is gone')\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+)
+
+
+def _launch(home: Path, source: str, tied: bool = False) -> ApiServer:
+    """Start ``prefect server start`` in its own process group on a free port.
+
+    ``tied`` (Linux): the kernel stops the server when the thread that called this ends,
+    which for the ``layered`` command is when its process ends, however it ends.
+    """
     home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+    prefix = ([sys.executable, "-c", _TIED, str(os.getpid())]
+              if tied and sys.platform.startswith("linux") else [sys.executable])
+    cmd = [*prefix, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
            "--port", str(port)]
     with open(home / "server.log", "ab") as log:
         proc = subprocess.Popen(
@@ -211,7 +231,7 @@ def prefect_api(settings: Settings) -> Iterator[ApiServer]:
         os.environ["PREFECT_API_URL"] = server.url
         yield server
         return
-    server = _launch(settings.prefect_home, "started for this run")
+    server = _launch(settings.prefect_home, "started for this run", tied=True)
     os.environ["PREFECT_API_URL"] = server.url
     try:
         yield server

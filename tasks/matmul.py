@@ -166,8 +166,11 @@ def _fan_out(
     With ``pinned``, call ``i`` prefers the ``i``-th worker (round robin, by address), so
     the same row block lands on the same worker at every resolution and finds what that
     worker kept for it; any worker may still take it (a lost worker costs only reuse).
-    Returns None (after cancelling the calls not yet finished) if ``deadline`` passes.
+    Returns None (after cancelling the calls not yet finished) if ``deadline`` passes,
+    at once (nothing submitted) if it passed before this task started.
     """
+    if deadline is not None and time.time() >= deadline:
+        return None
     # Leave the worker's thread pool so the blocks can use its thread, and never rejoin:
     # rejoining waits for a free thread, i.e. for a running block to end, which would
     # delay the deadline by up to one block.

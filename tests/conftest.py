@@ -173,11 +173,31 @@ def local_cluster_address(prefect_api) -> str:
 
 @dataclass
 class LoopbackCluster:
-    """``dask scheduler`` and ``dask worker`` processes on 127.0.0.1 (see loopback_cluster)."""
+    """``dask scheduler`` and ``dask worker`` processes on 127.0.0.1 (see loopback_cluster).
 
-    address: str
+    The processes start at once; ``address`` waits until every worker has joined, so a
+    test can start other things (a Prefect server) while they boot.
+    """
+
+    scheduler_file: Path
     scheduler: subprocess.Popen
     workers: list
+    _address: str | None = None
+
+    @property
+    def address(self) -> str:
+        if self._address is None:
+            from distributed import Client
+
+            deadline = time.monotonic() + 60
+            while not self.scheduler_file.exists() and time.monotonic() < deadline:
+                if self.scheduler.poll() is not None:
+                    raise RuntimeError(f"dask scheduler exited ({self.scheduler.returncode})")
+                time.sleep(0.1)
+            with Client(scheduler_file=str(self.scheduler_file), timeout=60) as client:
+                client.wait_for_workers(len(self.workers), timeout=60)
+                self._address = client.scheduler.address
+        return self._address
 
 
 @contextlib.contextmanager
@@ -187,29 +207,19 @@ def loopback_cluster(directory, n_workers=2, worker_args=(), env=None):
     ``worker_args`` are added to every ``dask worker`` command; ``env`` is their environment.
     Every process it started is stopped on exit (if a test has not killed it already).
     """
-    from distributed import Client
-
     Path(directory).mkdir(parents=True, exist_ok=True)
     scheduler_file = Path(directory) / "scheduler.json"
     dask = [sys.executable, "-m", "dask"]
     procs = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
                                "--no-dashboard", "--scheduler-file", str(scheduler_file)])]
     try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            if procs[0].poll() is not None:
-                raise RuntimeError(f"dask scheduler exited with status {procs[0].returncode}")
-            time.sleep(0.1)
-        for _ in range(n_workers):
+        for _ in range(n_workers):  # they wait for the scheduler file to appear
             procs.append(subprocess.Popen([
                 *dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
                 "--no-dashboard", "--host", "127.0.0.1", "--preload", "layered.tasks.matmul",
                 *worker_args,
             ], env=env))
-        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
-            client.wait_for_workers(n_workers, timeout=60)
-            address = client.scheduler.address
-        yield LoopbackCluster(address, procs[0], procs[1:])
+        yield LoopbackCluster(scheduler_file, procs[0], procs[1:])
     finally:
         for proc in reversed(procs):  # only the processes this fixture started
             proc.terminate()
@@ -232,7 +242,7 @@ class DelayedCluster:
     """A loopback cluster whose workers pause before each matmul row block (fault tests)."""
 
     cluster: LoopbackCluster
-    blocks: object  # delayed_blocks.BlockControl
+    blocks: object  # worker_hooks.BlockControl
     memory_limit: int  # bytes per worker
 
     @property
@@ -257,20 +267,22 @@ DELAYED_WORKER_MEMORY = 256 * 2**20
 
 
 @pytest.fixture(scope="session")
-def delayed_cluster(prefect_api, tmp_path_factory) -> DelayedCluster:
-    """Two nanny workers preloading tests/delayed_blocks.py, each limited to 256 MiB.
+def delayed_cluster(tmp_path_factory) -> DelayedCluster:
+    """Two nanny workers preloading tests/worker_hooks.py, each limited to 256 MiB.
+
+    Its processes boot while the test's other fixtures (the Prefect API) start.
 
     The pause before each row block is 0 until a test sets it (``blocks.set_delay``). The
     workers never pause for memory (a paused worker would hang a test instead of failing
     it); the nanny still restarts a worker past 95% of its limit.
     """
-    from delayed_blocks import ENV, BlockControl
+    from worker_hooks import ENV, BlockControl
 
     directory = tmp_path_factory.mktemp("delayed")
     blocks = BlockControl.create(directory / "control")
     env = {**os.environ, ENV: str(blocks.directory),
            "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False"}
-    preload = str(Path(__file__).with_name("delayed_blocks.py"))
+    preload = str(Path(__file__).with_name("worker_hooks.py"))
     args = ("--preload", preload, "--memory-limit", str(DELAYED_WORKER_MEMORY))
     with loopback_cluster(directory, worker_args=args, env=env) as cluster:
         yield DelayedCluster(cluster, blocks, DELAYED_WORKER_MEMORY)

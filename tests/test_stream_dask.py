@@ -103,7 +103,14 @@ def test_summary_has_the_fixed_fields_in_seconds_with_its_simulation(run):
     assert np.all(np.array(means) >= np.array(simulated) - 1e-9)
 
 
-def test_absolute_deadline_fails_what_ends_late(client, plan):
+def test_absolute_deadline_fails_what_ends_late(client):
+    # Slots of 30 ms: a first resolution (1.0-1.6 slots of work here) ends within the
+    # 4-slot deadline even with Dask's round trip on a loaded machine (10 ms slots left it
+    # only 24-30 ms), while a whole job (at least 4.8 slots of work) never fits.
+    model = StreamModel(jobs=6, rate=0.05, tasks=120, workers=2, seed=11)
+    plan = plan_stream(client, model, SyntheticJobs(rows=120, cols=48, seed=11), 0.03,
+                       slowdowns={"1": 3.0})
+    assert plan.draws.layered.max(axis=2).sum(axis=1).min() > 4.0
     record = run_stream_pass(client, plan, deadline=4.0, rule="absolute")
     deadline_s = 4.0 * plan.time_scale
     ended = np.where(record.success, record.completion, -np.inf)

@@ -1,0 +1,96 @@
+"""Test-only Dask worker preload: a pause before every matmul row block, a log of blocks,
+and the worker's peak memory.
+
+Fault and deadline tests need a resolution that lasts long enough to be hit while it runs,
+whatever the machine's speed. Started with ``dask worker --preload tests/worker_hooks.py``
+and ``DELAYED_BLOCKS_DIR=DIR`` in its environment, a worker:
+
+- sleeps ``DIR/delay`` seconds (re-read at every block; no file means no pause) before
+  each row block of :func:`layered.tasks.matmul._layer_block`, which it wraps in place, so
+  the arithmetic and the code path are production's;
+- touches ``DIR/log/r<resolution>-rows<start>-pid<worker pid>`` as each block starts.
+
+Tests drive it through :class:`BlockControl`, and run :func:`reset_peak_memory` and
+:func:`peak_memory` on the workers (``client.run``; the preload makes this module
+importable there). Production code never imports this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV = "DELAYED_BLOCKS_DIR"
+_LOG_NAME = re.compile(r"^r(\d+)-rows(\d+)-pid(\d+)$")
+
+
+def dask_setup(worker: object) -> None:
+    """Wrap ``_layer_block`` in this worker process (Dask calls this at start-up)."""
+    import layered.tasks.matmul as matmul
+
+    control = Path(os.environ[ENV])
+    original = matmul._layer_block
+    if hasattr(original, "__wrapped__"):  # preloaded twice in one process
+        return
+
+    @functools.wraps(original)  # same module and name: pickled by reference, as before
+    def delayed(job, resolution, previous, out, rows, *args, **kwargs):
+        (control / "log" / f"r{resolution}-rows{rows[0]}-pid{os.getpid()}").touch()
+        delay = control / "delay"
+        if delay.exists():
+            time.sleep(float(delay.read_text()))
+        return original(job, resolution, previous, out, rows, *args, **kwargs)
+
+    matmul._layer_block = delayed
+
+
+@dataclass(frozen=True)
+class BlockStart:
+    """One logged block start: which resolution, first row, and the worker's process id."""
+
+    resolution: int
+    start: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class BlockControl:
+    """The test side: set the pause, read and clear the log."""
+
+    directory: Path
+
+    @classmethod
+    def create(cls, directory: Path) -> BlockControl:
+        (directory / "log").mkdir(parents=True, exist_ok=True)
+        return cls(directory)
+
+    def set_delay(self, seconds: float) -> None:
+        (self.directory / "delay").write_text(repr(float(seconds)))
+
+    def clear(self) -> None:
+        for path in (self.directory / "log").iterdir():
+            path.unlink()
+
+    def started(self, resolution: int | None = None) -> list[BlockStart]:
+        found = []
+        for path in (self.directory / "log").iterdir():
+            match = _LOG_NAME.match(path.name)
+            if match:
+                found.append(BlockStart(*(int(g) for g in match.groups())))
+        return [b for b in found if resolution is None or b.resolution == resolution]
+
+
+def reset_peak_memory() -> None:
+    """Make this process's peak resident size (VmHWM) its current one (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_memory() -> int:
+    """This process's peak resident size since start or the last reset, in bytes."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
