@@ -41,6 +41,7 @@ __all__ = [
     "check_seed",
     "check_value_bits",
     "flops_affordable",
+    "file_stamp",
     "synthetic_operands",
     "save_digits",
     "load_split",
@@ -184,7 +185,7 @@ def scan_operand(
     PartitionRangeError
         On a value outside ``partition``'s range (naming value, index, file and p_0).
     """
-    return _scan_cached(source, name, partition, _file_stamp(source.path))
+    return _scan_cached(source, name, partition, file_stamp(source.path))
 
 
 @functools.lru_cache(maxsize=8)
@@ -219,7 +220,14 @@ def _scan_cached(
     return OperandScan(top, digest.hexdigest())
 
 
-def _file_stamp(path: str) -> tuple[int, int]:
+def file_stamp(path: str) -> tuple[int, int]:
+    """A file's size and modification time (a zarr array's: its ``zarr.json``'s).
+
+    Keys the per-process caches of what is read from a file, so that a file replaced
+    under the same name (a run id deleted and reused) is read again.
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, "zarr.json")
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
 

@@ -11,7 +11,8 @@ scheduler lost mid-run fails it (within the client's timeout) with
 :class:`~layered.flows.cluster.SchedulerLostError`, and any failure is recorded in the
 manifest (``status: "Failed"``, ``error``) with the persisted resolutions kept. A flow
 process that was killed cannot record anything; the invocation that resumes its run marks
-the dead flow run ``Crashed`` in Prefect, so none stays ``Running`` in the UI.
+the dead flow run ``Crashed`` in Prefect, so none stays ``Running`` in the UI. That life
+of a run is :mod:`layered.flows.lifecycle`, shared with the mnist and train flows.
 
 Examples
 --------
@@ -28,21 +29,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
-from concurrent.futures import CancelledError
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prefect import flow
-from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Crashed, State
+from prefect.states import State
 
 from layered.data.operands import ArraySource, flops_affordable, open_operand, synthetic_operands
 from layered.data.store import Run, RunStore, new_run_id
-from layered.flows.cluster import SchedulerLostError, connect_task_runner, dask_task_runner
+from layered.flows import lifecycle
+from layered.flows.cluster import dask_task_runner
+from layered.flows.lifecycle import Stop
 from layered.flows.request import MatmulRequest, MatmulSpec, check_limits, resolve_matmul
 from layered.layering.product import truncation_bound
 from layered.settings import Settings
@@ -59,8 +58,6 @@ from layered.tasks.matmul import (
 __all__ = ["matmul_flow", "matmul_summary", "SUMMARY_FIELDS"]
 
 SUMMARY_FIELDS = ("resolution", "elapsed_s", "bound", "max_abs_error")
-# How long a run that stopped at its deadline waits for a task still ending (after the stop).
-_SETTLE_S = 30.0
 
 
 def _flow_run_name() -> str:
@@ -124,87 +121,33 @@ def matmul_flow(
     )
     stored = runs.read_manifest(run_id)
     spec = resolve_matmul(request, settings, stored["parameters"] if stored else None)
-    _connect_cluster()
-    with runs.open(run_id, kind="matmul", parameters=spec.parameters) as run:
-        _close_dead_invocation(run)
-        run.record_outcome(status="Running", stopped_reason=None, error=None,
-                           flow_run_id=flow_run.id, started_at=started_at,
-                           deadline_at=deadline_at, stopped_at=None, finished_at=None)
-        try:
-            prepared = _prepare(run, spec, settings, deadline_at)
-            stop = (prepared if isinstance(prepared, _Stop)
-                    else _layer_resolutions(run, prepared, tolerance, deadline_at))
-        except Exception as exc:
-            run.record_outcome(status="Failed", error=f"{type(exc).__name__}: {exc}",
-                               stopped_at=time.time())
-            raise
-        return _finish(run, runs, stop)
-
-
-def _connect_cluster() -> None:
-    """Connect the flow run's Dask task runner before anything is written (see cluster)."""
-    from prefect_dask import DaskTaskRunner
-
-    context = FlowRunContext.get()
-    if context is not None and isinstance(context.task_runner, DaskTaskRunner):
-        connect_task_runner(context.task_runner)
-
-
-def _close_dead_invocation(run: Run) -> None:
-    """Mark ``Crashed`` the flow run of an earlier invocation that died writing this run.
-
-    The manifest says ``Running`` only while an invocation works on the run; as this one
-    holds the run's lock, that invocation's process is gone (killed, or its machine lost).
-    """
-    previous = run.manifest.get("flow_run_id")
-    if run.manifest.get("status") != "Running" or not previous or previous == flow_run.id:
-        return
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            state = client.read_flow_run(previous).state
-        except ObjectNotFound:  # another Prefect API, or its database was reset
-            return
-        if state is not None and not state.is_final():
-            client.set_flow_run_state(previous, Crashed(
-                message=f"its process died while writing run {run.run_id!r} (found by flow"
-                f" run {flow_run.id}, which resumed the run)"), force=True)
+    with lifecycle.running(runs, run_id, "matmul", spec.parameters, started_at,
+                           deadline_at) as run:
+        prepared = _prepare(run, spec, settings, deadline_at)
+        stop = (prepared if isinstance(prepared, Stop)
+                else _layer_resolutions(run, prepared, tolerance, deadline_at))
+        return lifecycle.finish(run, runs, stop, plot=report.plot_matmul,
+                                summarize=matmul_summary, fields=SUMMARY_FIELDS)
 
 
 def _tuple(values: list[Any] | None) -> tuple[Any, ...] | None:
     return None if values is None else tuple(values)
 
 
-@dataclass(frozen=True)
-class _Stop:
-    """Why and when the layering stopped.
-
-    ``state`` is the Cancelled state of a deadline stop; ``unsettled`` a task the flow
-    stopped waiting for at the deadline (it sees the deadline itself and ends Cancelled).
-    """
-
-    reason: str
-    at: float
-    state: State | None = None
-    unsettled: PrefectFuture[Any] | None = None
-
-
 def _layer_resolutions(
     run: Run, job: MatmulJob, tolerance: float | None, deadline_at: float | None
-) -> _Stop:
+) -> Stop:
     """The loop of the method: layer, persist, decide, repeat. Returns why it stopped."""
     total = job.order.resolutions
     entries = run.completed_resolutions()
     key = report.artifact_key("matmul", run.run_id)
     progress = report.start_progress(key, len(entries), total)
-    clock = _Clock(entries[-1]["elapsed_s"] if entries else 0.0)
+    clock = lifecycle.Clock(entries)
     if entries:
         last = entries[-1]
         stopped = decide(last["resolution"], total, last["bound"], tolerance, None)
         if stopped is not None:  # resumed a run that had nothing left to do
-            return _Stop(stopped, time.time())
+            return Stop(stopped, time.time())
     first = len(entries) + 1
     for resolution in range(first, total + 1):
         staged = StagedResolution(
@@ -216,75 +159,23 @@ def _layer_resolutions(
         future = layer_resolution.submit(job, resolution, previous, staged, deadline_at)
         if resolution > first:  # shown while this resolution computes
             _show(key, entries, total, progress)
-        outcome = _outcome(future, f"resolution {resolution}", run, deadline_at, submitted_at)
-        if isinstance(outcome, _Stop):
+        outcome = lifecycle.wait_for(future, f"resolution {resolution}", run, deadline_at,
+                                     submitted_at)
+        if isinstance(outcome, Stop):
             return outcome
         entries.append(_persist(run, outcome, staged, clock.elapsed()))
         now = time.time()  # the decision is about this moment, whatever the task's latency
         stopped = decide(resolution, total, outcome.bound, tolerance, deadline_at, now)
         if stopped is not None:
             _show(key, entries, total, progress)
-            return _Stop(stopped, now)
-    return _Stop("completed", time.time())
+            return Stop(stopped, now)
+    return Stop("completed", time.time())
 
 
 def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Any) -> None:
     """The latest resolution in the log and the UI (its table row and the progress)."""
     report.announce(report.progress_line(entries[-1], total))
     report.publish_resolution(key, entries, total, progress)
-
-
-class _Clock:
-    """Seconds of layering so far, continuing a resumed run's clock."""
-
-    def __init__(self, base: float) -> None:
-        self.base, self.start = base, time.perf_counter()
-
-    def elapsed(self) -> float:
-        return self.base + time.perf_counter() - self.start
-
-
-def _outcome(
-    future: PrefectFuture[Any], what: str, run: Run, deadline_at: float | None,
-    submitted_at: float | None = None,
-) -> Any:
-    """The task's result, or a deadline :class:`_Stop`.
-
-    The run stops at the deadline whatever the orchestration's latency: the flow waits for
-    the task until the deadline at most, and not at all if the deadline passed before the
-    task was submitted (``submitted_at``). A task it stopped waiting for sees the deadline
-    itself (before submitting any block, if it starts late) and ends Cancelled, which is
-    all it was submitted for then: the UI shows the resolution stopped.
-
-    Raises
-    ------
-    SchedulerLostError
-        If Dask cancelled the task's future: its client gave up reconnecting to a lost
-        scheduler (after its timeout), or the scheduler restarted and forgot the task.
-    """
-    if deadline_at is not None and submitted_at is not None and submitted_at >= deadline_at:
-        late: State = Cancelled(message=f"deadline passed before {what}; stopped")
-        return _Stop("deadline", submitted_at, late, future)
-    done = future.wrapped_future.done  # type: ignore[attr-defined]
-    if deadline_at is None:
-        future.wait()
-    while deadline_at is not None and not done() and time.time() < deadline_at:
-        future.wait(deadline_at - time.time())  # (a timed wait may end a little early)
-    if not done():
-        stopped: State = Cancelled(message=f"deadline passed during {what}; stopped")
-        return _Stop("deadline", time.time(), stopped, future)
-    future.wait()  # done: takes its final state, if it ended just after the wait timed out
-    try:
-        if future.state.is_cancelled():
-            return _Stop("deadline", time.time(), future.state)
-        return future.result()
-    except CancelledError as exc:
-        raise SchedulerLostError(
-            f"the Dask cluster lost {what} of run {run.run_id!r}: its scheduler stopped"
-            f" answering, or restarted and forgot the task ({exc}). The resolutions"
-            f" persisted so far are kept in {run.path}; resume with --run-id {run.run_id}"
-            " once a scheduler answers."
-        ) from exc
 
 
 def _persist(
@@ -302,7 +193,7 @@ def _persist(
 
 def _prepare(
     run: Run, spec: MatmulSpec, settings: Settings, deadline_at: float | None
-) -> MatmulJob | _Stop:
+) -> MatmulJob | Stop:
     """Operands on disk, split into digit files, and the reference product (once per run)."""
     w, x = _operand_sources(run, spec)
     job = MatmulJob(
@@ -326,10 +217,10 @@ def _prepare(
             x_digits=tuple(staged.get(_rel(run, p), p) for p in job.x_digits),
         )
         submitted_at = time.time()
-        outcome = _outcome(prepare_operands.submit(
+        outcome = lifecycle.wait_for(prepare_operands.submit(
             staged_job, split, staged.get("reference.npy"), deadline_at
         ), "the operand preparation", run, deadline_at, submitted_at)
-        if isinstance(outcome, _Stop):
+        if isinstance(outcome, Stop):
             return outcome
         files = run.commit_arrays(staged)
         if split:
@@ -379,29 +270,6 @@ def _operand_sources(run: Run, spec: MatmulSpec) -> tuple[ArraySource, ArraySour
     files = run.manifest["prepared"]["operands"]["files"]
     return (open_operand(run.array_path(files["W"]), "W"),
             open_operand(run.array_path(files["X"]), "X"))
-
-
-def _finish(run: Run, runs: RunStore, stop: _Stop) -> dict[str, Any] | State:
-    """Plot, publish the summary, record the outcome; Cancelled when the deadline stopped it.
-
-    The manifest's ``stopped_at`` is when the layering stopped, ``finished_at`` when the
-    reporting after it did.
-    """
-    if stop.unsettled is not None:  # its Cancelled state, in the UI before the run ends
-        stop.unsettled.wait(_SETTLE_S)
-    stopped, state = stop.reason, stop.state
-    status = "Cancelled" if stopped == "deadline" else "Completed"
-    entries = run.completed_resolutions()
-    plots = report.plot_matmul(entries, run.path / "plots") if entries else []
-    run.record_outcome(status=status, stopped_reason=stopped, stopped_at=stop.at,
-                       finished_at=time.time())
-    summary = matmul_summary(run.manifest, runs.root)
-    report.publish_summary(report.artifact_key("matmul", run.run_id), summary, plots)
-    if stopped == "deadline":
-        kept = entries[-1]["resolution"] if entries else "none"
-        message = state.message if state is not None else "deadline passed"
-        return Cancelled(message=f"{message}; kept resolution {kept}")
-    return summary
 
 
 def matmul_summary(manifest: Mapping[str, Any], store: Path | str) -> dict[str, Any]:

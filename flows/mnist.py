@@ -10,7 +10,7 @@ the UI, and decides whether the batch stops: at the last resolution, once no sam
 active, or once the deadline has passed (every sample keeps its latest output; the run
 ends Cancelled). Re-running a run id resumes after its last persisted resolution; a run
 stopped by its deadline goes on refining the samples that were still active. Faults end a
-run as they end a matmul run (see :mod:`layered.flows.matmul`): recorded ``Failed`` in the
+run as they end a matmul run (see :mod:`layered.flows.lifecycle`): recorded ``Failed`` in the
 manifest with the persisted resolutions kept.
 
 Without a model, the run uses the one ``layered run train`` saved under the store, and
@@ -36,19 +36,14 @@ from typing import Any
 import numpy as np
 from prefect import flow
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, State
+from prefect.states import State
 
 from layered.data.mnist import pixels_to_unit
 from layered.data.models import RECIPES, load_model, save_model
 from layered.data.store import Run, RunStore, atomic_write_bytes, new_run_id
+from layered.flows import lifecycle
 from layered.flows.cluster import dask_task_runner
-from layered.flows.matmul import (
-    _Clock,
-    _close_dead_invocation,
-    _connect_cluster,
-    _outcome,
-    _Stop,
-)
+from layered.flows.lifecycle import Stop
 from layered.flows.mnist_request import (
     MnistInputError,
     MnistRequest,
@@ -132,36 +127,26 @@ def mnist_flow(
                            samples=samples, chunk_size=chunk_size)
     stored = runs.read_manifest(run_id)
     spec = resolve_mnist(request, settings, stored["parameters"] if stored else None)
-    _connect_cluster()
-    with runs.open(run_id, kind="mnist", parameters=spec.parameters) as run:
-        _close_dead_invocation(run)
-        run.record_outcome(status="Running", stopped_reason=None, error=None,
-                           flow_run_id=flow_run.id, started_at=started_at,
-                           deadline_at=deadline_at, stopped_at=None, finished_at=None)
-        try:
-            job = _prepare(run, spec)
-            stopped, state = _layer_resolutions(run, job, deadline_at)
-        except Exception as exc:
-            run.record_outcome(status="Failed", error=f"{type(exc).__name__}: {exc}",
-                               stopped_at=time.time())
-            raise
-        return _finish(run, runs, stopped, state)
+    with lifecycle.running(runs, run_id, "mnist", spec.parameters, started_at,
+                           deadline_at) as run:
+        job = _prepare(run, spec)
+        stop = _layer_resolutions(run, job, deadline_at)
+        return lifecycle.finish(run, runs, stop, plot=report.plot_mnist,
+                                summarize=mnist_summary, fields=SUMMARY_FIELDS)
 
 
-def _layer_resolutions(
-    run: Run, job: MnistJob, deadline_at: float | None
-) -> tuple[str, State | None]:
-    """The loop of the method: refine, decide, persist, repeat. Returns why it stopped."""
+def _layer_resolutions(run: Run, job: MnistJob, deadline_at: float | None) -> Stop:
+    """The loop of the method: refine, persist, decide, repeat. Returns why it stopped."""
     total = job.resolutions
     entries = run.completed_resolutions()
     key = report.artifact_key("mnist", run.run_id)
     progress = report.start_progress(key, len(entries), total)
-    clock = _Clock(entries[-1]["elapsed_s"] if entries else 0.0)
+    clock = lifecycle.Clock(entries)
     if entries:
         last = entries[-1]
         stopped = decide(last["resolution"], total, last["active"], None)
         if stopped is not None:  # resumed a run that had nothing left to do
-            return stopped, None
+            return Stop(stopped, time.time())
     inputs = run.manifest["prepared"]["inputs"]
     targets = np.load(run.array_path(inputs["targets"]))
     full = np.load(run.array_path(inputs["full_predictions"]))
@@ -169,22 +154,25 @@ def _layer_resolutions(
         previous = entries[-1] if entries else None
         chunks = previous["active_chunks"] if previous else list(range(len(job.chunks())))
         staged = _stage(run, job, resolution, previous, chunks)
+        submitted_at = time.time()
         future = layer_resolution.submit(
             job, resolution, chunks,
             run.array_path(f"resolution-{resolution - 1}") if previous else None,
             staged, deadline_at,
         )
-        outcome = _outcome(future, f"resolution {resolution}", run, deadline_at)
-        if isinstance(outcome, _Stop):
-            return outcome.reason, outcome.state
+        outcome = lifecycle.wait_for(future, f"resolution {resolution}", run, deadline_at,
+                                     submitted_at)
+        if isinstance(outcome, Stop):
+            return outcome
         entries.append(_persist(run, job, outcome, staged, (targets, full), clock.elapsed()))
+        now = time.time()  # the decision is about this moment, whatever the task's latency
         report.announce(report.progress_line(entries[-1], total, measures=report.MNIST_MEASURES))
         report.publish_resolution(key, entries, total, progress, fields=report.MNIST_ROW_FIELDS,
                                   what="accuracy and fraction of samples still active")
-        stopped = decide(resolution, total, entries[-1]["active"], deadline_at)
+        stopped = decide(resolution, total, entries[-1]["active"], deadline_at, now)
         if stopped is not None:
-            return stopped, None
-    return "completed", None
+            return Stop(stopped, now)
+    return Stop("completed", time.time())
 
 
 def _stage(
@@ -293,31 +281,6 @@ def _copy_model(run: Run, spec: MnistSpec) -> None:
         )
     run.record_prepared("model", {"file": MODEL_FILE, "source": str(spec.model_path),
                                   "sha256": sha, "trained_for_run": spec.trains})
-
-
-# ------------------------------------------------------------------------------ finish
-def _finish(
-    run: Run, runs: RunStore, stopped: str, state: State | None
-) -> dict[str, Any] | State:
-    """Plot, publish the summary, record the outcome; Cancelled when the deadline stopped it.
-
-    The manifest's ``stopped_at`` is when the layering stopped, ``finished_at`` when the
-    reporting after it did.
-    """
-    stopped_at = time.time()
-    status = "Cancelled" if stopped == "deadline" else "Completed"
-    entries = run.completed_resolutions()
-    plots = report.plot_mnist(entries, run.path / "plots") if entries else []
-    run.record_outcome(status=status, stopped_reason=stopped, stopped_at=stopped_at,
-                       finished_at=time.time())
-    summary = mnist_summary(run.manifest, runs.root)
-    report.publish_summary(report.artifact_key("mnist", run.run_id),
-                           {**summary, "stopped_reason": stopped}, plots, fields=SUMMARY_FIELDS)
-    if stopped == "deadline":
-        kept = entries[-1]["resolution"] if entries else "none"
-        message = state.message if state is not None else "deadline passed"
-        return Cancelled(message=f"{message}; kept resolution {kept}")
-    return summary
 
 
 def mnist_summary(manifest: Mapping[str, Any], store: Path | str) -> dict[str, Any]:

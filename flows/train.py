@@ -5,8 +5,9 @@ training split itself (nothing large goes through the scheduler), and its BLAS i
 one thread, which for these small layers trains 3-5 times faster than two threads (even/odd
 about 9 s instead of 27 s, digits 24 s instead of 122 s, measured on 2 cores); with
 ``--address`` the training runs on that cluster. The model is saved by the flow, atomically
-(``save_model``), and the run is recorded in the store like any other: re-running its run
-id finds the saved model (same checksum) and trains nothing.
+(``save_model``), and the run is recorded in the store like any other (Running, then
+Completed or Failed, see :mod:`layered.flows.lifecycle`): re-running its run id finds the
+saved model (same checksum) and trains nothing.
 
 Examples
 --------
@@ -30,6 +31,7 @@ from prefect.runtime import flow_run
 
 from layered.data.models import load_model, save_model
 from layered.data.store import RunStore, new_run_id
+from layered.flows import lifecycle
 from layered.flows.cluster import dask_task_runner
 from layered.flows.mnist_request import file_sha256, resolve_train
 from layered.settings import Settings
@@ -81,22 +83,17 @@ def train_flow(
                          epochs=epochs)
     runs = RunStore(settings.store)
     run_id = run_id or new_run_id("train")
-    with runs.open(run_id, kind="train", parameters=spec.parameters) as run:
-        run.record_outcome(status="Running", error=None, flow_run_id=flow_run.id,
-                           started_at=time.time(), finished_at=None)
+    with lifecycle.running(runs, run_id, "train", spec.parameters, time.time()) as run:
         saved = run.manifest["prepared"].get("model")
         if saved is None or not _is_saved(spec.out, saved["sha256"]):
-            try:
-                model = train_network.submit(str(spec.data_dir), spec.task, spec.samples,
-                                             spec.recipe).result()
-            except Exception as exc:
-                run.record_outcome(status="Failed", error=f"{type(exc).__name__}: {exc}")
-                raise
+            model = train_network.submit(str(spec.data_dir), spec.task, spec.samples,
+                                         spec.recipe).result()
             spec.out.parent.mkdir(parents=True, exist_ok=True)
             save_model(model, spec.out)
             run.record_prepared("model", {"path": str(spec.out),
                                           "sha256": file_sha256(spec.out)})
-        run.record_outcome(status="Completed", finished_at=time.time())
+        run.record_outcome(status="Completed", stopped_reason="completed",
+                           stopped_at=time.time(), finished_at=time.time())
         summary = train_summary(run.manifest, load_model(spec.out).metadata)
     report.publish_training(report.artifact_key("train", run_id), summary)
     report.announce(f"saved {spec.task} model to {spec.out} (test accuracy"

@@ -20,22 +20,19 @@ The flow calls, for resolution ``r``::
 from __future__ import annotations
 
 import functools
-import os
 import time
-import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from distributed import as_completed, get_client, secede
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Cancelled, State
+from prefect.states import State
 
-from layered.data.operands import ArraySource, load_split, save_digits
+from layered.data.operands import ArraySource, file_stamp, load_split, save_digits
 from layered.layering import Ordering, Partition, SplitOperand, resolution_block
+from layered.tasks.fanout import Call, deadline_state, fan_out
 
 __all__ = [
     "MatmulJob",
@@ -149,58 +146,6 @@ class ResolutionOutcome:
         )
 
 
-@dataclass(frozen=True)
-class _Call:
-    """One block of work: ``fn(*args)``, named ``label`` on the Dask dashboard."""
-
-    label: str
-    fn: Callable[..., object]
-    args: tuple[object, ...]
-
-
-def _fan_out(
-    calls: Sequence[_Call], deadline: float | None, pinned: bool = False
-) -> list[Any] | None:
-    """Run every call on the cluster; their results in order.
-
-    With ``pinned``, call ``i`` prefers the ``i``-th worker (round robin, by address), so
-    the same row block lands on the same worker at every resolution and finds what that
-    worker kept for it; any worker may still take it (a lost worker costs only reuse).
-    Returns None (after cancelling the calls not yet finished) if ``deadline`` passes,
-    at once (nothing submitted) if it passed before this task started.
-    """
-    if deadline is not None and time.time() >= deadline:
-        return None
-    # Leave the worker's thread pool so the blocks can use its thread, and never rejoin:
-    # rejoining waits for a free thread, i.e. for a running block to end, which would
-    # delay the deadline by up to one block.
-    secede()
-    client = get_client()
-    token = uuid.uuid4().hex[:8]  # distinct keys for concurrent runs on one cluster
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"]) if pinned else []
-    futures = [
-        client.submit(
-            c.fn, *c.args, key=f"{c.label}-{token}",
-            workers=[workers[i % len(workers)]] if workers else None,
-            allow_other_workers=bool(workers),
-        )
-        for i, c in enumerate(calls)
-    ]
-    try:
-        timeout = None if deadline is None else max(0.0, deadline - time.time())
-        for _ in as_completed(futures, timeout=timeout):
-            pass
-    except TimeoutError:
-        client.cancel(futures)
-        return None
-    return list(client.gather(futures))
-
-
-def _deadline_state(what: str, deadline: float) -> State:
-    late = time.time() - deadline
-    return Cancelled(message=f"deadline passed {late:.2f} s ago during {what}; stopped")
-
-
 # --------------------------------------------------------------------------- prepare
 def _split_block(
     source: ArraySource, partition: Partition, name: str, paths: tuple[str, ...],
@@ -223,7 +168,7 @@ def _truncated(source: ArraySource, partition: Partition, stamp: tuple[int, int]
 def _reference_block(job: MatmulJob, out: str, rows: tuple[int, int]) -> None:
     """Rows of the one-shot float64 product of the truncated operands."""
     w_t = job.pw.truncate(job.w.rows(*rows))
-    x_t = _truncated(job.x, job.px, _stamp(job.x.path))
+    x_t = _truncated(job.x, job.px, file_stamp(job.x.path))
     target = np.load(out, mmap_mode="r+")
     target[rows[0] : rows[1]] = w_t @ x_t
     target.flush()
@@ -256,29 +201,22 @@ def prepare_operands(
         for source, partition, name, paths in (
             (job.w, job.pw, "W", job.w_digits), (job.x, job.px, "X", job.x_digits)
         ):
-            calls += [_Call(f"split-{name}-rows-{a}-{b}", _split_block,
+            calls += [Call(f"split-{name}-rows-{a}-{b}", _split_block,
                             (source, partition, name, paths, (a, b)))
                       for a, b in job.blocks(source.shape[0])]
     n_split = len(calls)
     if reference is not None:
-        calls += [_Call(f"reference-rows-{a}-{b}", _reference_block, (job, reference, (a, b)))
+        calls += [Call(f"reference-rows-{a}-{b}", _reference_block, (job, reference, (a, b)))
                   for a, b in job.blocks()]
-    results = _fan_out(calls, deadline)
+    results = fan_out(calls, deadline)
     if results is None:
-        return _deadline_state("the operand preparation", deadline or 0.0)
+        return deadline_state("the operand preparation", deadline or 0.0)
     off_w = any(results[: len(job.blocks())]) if split else False
     off_x = any(results[len(job.blocks()) : n_split]) if split else False
     return off_w, off_x
 
 
 # ------------------------------------------------------------------------ resolutions
-def _stamp(path: str) -> tuple[int, int]:
-    if os.path.isdir(path):
-        path = os.path.join(path, "zarr.json")
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
-
-
 @functools.lru_cache(maxsize=2)
 def _x_split(paths: tuple[str, ...], partition: Partition, stamps: tuple) -> SplitOperand:
     # Cached per worker process: X's digits, kernel conversions and column statistics are
@@ -299,7 +237,7 @@ def _layer_block(
 ) -> ResolutionOutcome:
     start, stop = rows
     w = load_split(job.w_digits, job.pw, "W", rows)
-    x = _x_split(job.x_digits, job.px, tuple(_stamp(p) for p in job.x_digits))
+    x = _x_split(job.x_digits, job.px, tuple(file_stamp(p) for p in job.x_digits))
     prev = None if previous is None else np.load(previous, mmap_mode="r")[start:stop]
     key = (job.w_digits, job.x_digits, rows)
     for_resolution, kept = _KEPT.pop(key, (0, {}))
@@ -347,14 +285,14 @@ def layer_resolution(
         Absolute time (``time.time()``) after which the task stops and ends Cancelled.
     """
     t0 = time.perf_counter()
-    blocks = _fan_out(
-        [_Call(f"resolution-{resolution}-rows-{a}-{b}", _layer_block,
+    blocks = fan_out(
+        [Call(f"resolution-{resolution}-rows-{a}-{b}", _layer_block,
                (job, resolution, previous, out, (a, b))) for a, b in job.blocks()],
         deadline,
         pinned=True,
     )
     if blocks is None:
-        return _deadline_state(f"resolution {resolution}", deadline or 0.0)
+        return deadline_state(f"resolution {resolution}", deadline or 0.0)
     return ResolutionOutcome.combine(blocks, time.perf_counter() - t0)
 
 

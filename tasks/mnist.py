@@ -36,8 +36,9 @@ from prefect.states import State
 
 from layered.data.mnist import load_mnist, pixels_to_unit
 from layered.data.models import TrainedModel, TrainingRecipe, load_model, train_model
+from layered.data.operands import file_stamp
 from layered.layering import InferencePlan, Network, Partition, plan_inference, predicted_class
-from layered.tasks.matmul import _Call, _deadline_state, _fan_out
+from layered.tasks.fanout import Call, deadline_state, fan_out
 
 __all__ = [
     "MnistJob",
@@ -182,11 +183,6 @@ class ResolutionOutcome:
 
 
 # ------------------------------------------------------------------------ resolutions
-def _stamp(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
-
-
 @functools.lru_cache(maxsize=16)
 def _chunk_plan(job: MnistJob, chunk: int, stamps: tuple[tuple[int, int], ...]) -> InferencePlan:
     # Cached per worker process, keyed by the files' sizes and times as well (a run id can
@@ -205,7 +201,7 @@ def _layer_chunk(
     job: MnistJob, previous: str | None, out: StagedResolution, chunk: int
 ) -> ChunkOutcome:
     rows = job.chunks()[chunk]
-    plan = _chunk_plan(job, chunk, (_stamp(job.model), _stamp(job.images)))
+    plan = _chunk_plan(job, chunk, (file_stamp(job.model), file_stamp(job.images)))
     if previous is None:
         state = plan.start()
     else:
@@ -252,13 +248,13 @@ def layer_resolution(
         Absolute time (``time.time()``) after which the task stops and ends Cancelled.
     """
     t0 = time.perf_counter()
-    outcomes = _fan_out(
-        [_Call(f"resolution-{resolution}-chunk-{c}", _layer_chunk, (job, previous, out, c))
+    outcomes = fan_out(
+        [Call(f"resolution-{resolution}-chunk-{c}", _layer_chunk, (job, previous, out, c))
          for c in chunks],
         deadline,
     )
     if outcomes is None:
-        return _deadline_state(f"resolution {resolution}", deadline or 0.0)
+        return deadline_state(f"resolution {resolution}", deadline or 0.0)
     return ResolutionOutcome.combine(resolution, outcomes, time.perf_counter() - t0)
 
 

@@ -23,7 +23,8 @@ from layered.layering import (
     resolution_block,
     resolve_ordering,
 )
-from layered.tasks.matmul import _Call, _fan_out, decide
+from layered.tasks.fanout import Call, fan_out
+from layered.tasks.matmul import decide
 
 SUMMARY_KEYS = {"run_id", "status", "stopped_reason", "store", "resolutions"}
 RESOLUTION_KEYS = {"resolution", "elapsed_s", "bound", "max_abs_error"}
@@ -105,8 +106,8 @@ def _sleep_block(seconds, marker_dir, i):
 
 
 def _fan_out_with_deadline(marker_dir, deadline):
-    calls = [_Call(f"sleep-{i}", _sleep_block, (0.8, marker_dir, i)) for i in range(20)]
-    result = _fan_out(calls, deadline)
+    calls = [Call(f"sleep-{i}", _sleep_block, (0.8, marker_dir, i)) for i in range(20)]
+    result = fan_out(calls, deadline)
     return result, time.time()
 
 

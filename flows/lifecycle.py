@@ -1,0 +1,200 @@
+"""The life of a run inside a flow, shared by the matmul, mnist and train flows.
+
+A flow opens its run with :func:`running`: the Dask cluster is connected before anything is
+written, a dead earlier invocation of the run is closed in Prefect, the manifest says
+``Running`` while the flow works and ``Failed`` (with the error) if it raises, the
+persisted resolutions kept. Between those, the layering loop submits one task per
+resolution and waits for it with :func:`wait_for`, which stops the run at its deadline
+whatever the orchestration's latency; the loop returns a :class:`Stop`, and
+:func:`finish` plots, records and publishes the outcome.
+
+Examples
+--------
+The shape of a layered flow's body::
+
+    with lifecycle.running(runs, run_id, "matmul", spec.parameters, started_at,
+                           deadline_at) as run:
+        stop = layer_resolutions(run, ...)  # -> Stop
+        return lifecycle.finish(run, runs, stop, plot=report.plot_matmul,
+                                summarize=matmul_summary, fields=SUMMARY_FIELDS)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Crashed, State
+
+from layered.data.store import Run, RunStore
+from layered.flows.cluster import SchedulerLostError, connect_task_runner
+from layered.tasks import report
+
+__all__ = ["Stop", "Clock", "running", "wait_for", "finish", "SETTLE_S"]
+
+# How long a run that stopped at its deadline waits for a task still ending (after the stop).
+SETTLE_S = 30.0
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why and when the layering stopped.
+
+    ``state`` is the Cancelled state of a deadline stop; ``unsettled`` a task the flow
+    stopped waiting for at the deadline (it sees the deadline itself and ends Cancelled).
+    """
+
+    reason: str
+    at: float
+    state: State | None = None
+    unsettled: PrefectFuture[Any] | None = None
+
+
+class Clock:
+    """Seconds of layering so far, continuing a resumed run's clock."""
+
+    def __init__(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        self.base = entries[-1]["elapsed_s"] if entries else 0.0
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.base + time.perf_counter() - self.start
+
+
+@contextlib.contextmanager
+def running(
+    runs: RunStore, run_id: str, kind: str, parameters: Mapping[str, Any],
+    started_at: float, deadline_at: float | None = None,
+) -> Iterator[Run]:
+    """The run, opened for this flow run and marked ``Running``; ``Failed`` if the body raises.
+
+    Raises whatever opening the run raises (a second writer, changed parameters) before
+    anything is written, and :class:`~layered.flows.cluster.ClusterUnreachableError`
+    when the flow's Dask cluster does not answer.
+    """
+    _connect_cluster()
+    with runs.open(run_id, kind=kind, parameters=parameters) as run:
+        _close_dead_invocation(run)
+        run.record_outcome(status="Running", stopped_reason=None, error=None,
+                           flow_run_id=flow_run.id, started_at=started_at,
+                           deadline_at=deadline_at, stopped_at=None, finished_at=None)
+        try:
+            yield run
+        except Exception as exc:
+            run.record_outcome(status="Failed", error=f"{type(exc).__name__}: {exc}",
+                               stopped_at=time.time())
+            raise
+
+
+def _connect_cluster() -> None:
+    """Connect the flow run's Dask task runner before anything is written (see cluster)."""
+    from prefect_dask import DaskTaskRunner
+
+    context = FlowRunContext.get()
+    if context is not None and isinstance(context.task_runner, DaskTaskRunner):
+        connect_task_runner(context.task_runner)
+
+
+def _close_dead_invocation(run: Run) -> None:
+    """Mark ``Crashed`` the flow run of an earlier invocation that died writing this run.
+
+    The manifest says ``Running`` only while an invocation works on the run; as this one
+    holds the run's lock, that invocation's process is gone (killed, or its machine lost).
+    """
+    previous = run.manifest.get("flow_run_id")
+    if run.manifest.get("status") != "Running" or not previous or previous == flow_run.id:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            state = client.read_flow_run(previous).state
+        except ObjectNotFound:  # another Prefect API, or its database was reset
+            return
+        if state is not None and not state.is_final():
+            client.set_flow_run_state(previous, Crashed(
+                message=f"its process died while writing run {run.run_id!r} (found by flow"
+                f" run {flow_run.id}, which resumed the run)"), force=True)
+
+
+def wait_for(
+    future: PrefectFuture[Any], what: str, run: Run, deadline_at: float | None,
+    submitted_at: float,
+) -> Any:
+    """The task's result, or a deadline :class:`Stop`.
+
+    The run stops at the deadline whatever the orchestration's latency: the flow waits for
+    the task until the deadline at most, and not at all if the deadline passed before the
+    task was submitted (``submitted_at``). A task it stopped waiting for sees the deadline
+    itself (before submitting any block, if it starts late) and ends Cancelled, which is
+    all it was submitted for then: the UI shows the resolution stopped.
+
+    Raises
+    ------
+    SchedulerLostError
+        If Dask cancelled the task's future: its client gave up reconnecting to a lost
+        scheduler (after its timeout), or the scheduler restarted and forgot the task.
+    """
+    if deadline_at is not None and submitted_at >= deadline_at:
+        late: State = Cancelled(message=f"deadline passed before {what}; stopped")
+        return Stop("deadline", submitted_at, late, future)
+    done = future.wrapped_future.done  # type: ignore[attr-defined]
+    if deadline_at is None:
+        future.wait()
+    while deadline_at is not None and not done() and time.time() < deadline_at:
+        future.wait(deadline_at - time.time())  # (a timed wait may end a little early)
+    if not done():
+        stopped: State = Cancelled(message=f"deadline passed during {what}; stopped")
+        return Stop("deadline", time.time(), stopped, future)
+    future.wait()  # done: takes its final state, if it ended just after the wait timed out
+    try:
+        if future.state.is_cancelled():
+            return Stop("deadline", time.time(), future.state)
+        return future.result()
+    except CancelledError as exc:
+        raise SchedulerLostError(
+            f"the Dask cluster lost {what} of run {run.run_id!r}: its scheduler stopped"
+            f" answering, or restarted and forgot the task ({exc}). The resolutions"
+            f" persisted so far are kept in {run.path}; resume with --run-id {run.run_id}"
+            " once a scheduler answers."
+        ) from exc
+
+
+def finish(
+    run: Run,
+    runs: RunStore,
+    stop: Stop,
+    plot: Callable[[list[dict[str, Any]], Path], list[Path]],
+    summarize: Callable[[Mapping[str, Any], Path], dict[str, Any]],
+    fields: Sequence[str],
+) -> dict[str, Any] | State:
+    """Plot, record the outcome, publish the summary; Cancelled when the deadline stopped it.
+
+    The manifest's ``stopped_at`` is when the layering stopped, ``finished_at`` when the
+    reporting after it did. Returns ``summarize(manifest, store)``, or the Cancelled state
+    naming the resolution the run kept.
+    """
+    if stop.unsettled is not None:  # its Cancelled state, in the UI before the run ends
+        stop.unsettled.wait(SETTLE_S)
+    status = "Cancelled" if stop.reason == "deadline" else "Completed"
+    entries = run.completed_resolutions()
+    plots = plot(entries, run.path / "plots") if entries else []
+    run.record_outcome(status=status, stopped_reason=stop.reason, stopped_at=stop.at,
+                       finished_at=time.time())
+    summary = summarize(run.manifest, runs.root)
+    report.publish_summary(report.artifact_key(run.manifest["kind"], run.run_id),
+                           {**summary, "stopped_reason": stop.reason}, plots, fields=fields)
+    if stop.reason == "deadline":
+        kept = entries[-1]["resolution"] if entries else "none"
+        message = stop.state.message if stop.state is not None else "deadline passed"
+        return Cancelled(message=f"{message}; kept resolution {kept}")
+    return summary
