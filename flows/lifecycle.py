@@ -22,9 +22,10 @@ The shape of a layered flow's body::
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from layered.data.store import Run, RunStore
 from layered.flows.cluster import SchedulerLostError, connect_task_runner
 from layered.tasks import report
 
-__all__ = ["Stop", "Clock", "running", "wait_for", "finish", "SETTLE_S"]
+__all__ = ["Stop", "Clock", "Publisher", "running", "wait_for", "finish", "SETTLE_S"]
 
 # How long a run that stopped at its deadline waits for a task still ending (after the stop).
 SETTLE_S = 30.0
@@ -67,6 +68,42 @@ class Clock:
 
     def elapsed(self) -> float:
         return self.base + time.perf_counter() - self.start
+
+
+class Publisher:
+    """What the UI shows of a run, published off the layering's path.
+
+    Calls run in order on one thread, in the flow run's context (its logger, its
+    artifacts), so that the Prefect API's latency (tens of milliseconds an artifact)
+    neither delays the next resolution nor a stop at the deadline. Leaving the ``with``
+    block waits for them (and raises the first that failed, unless the block raised).
+
+    Examples
+    --------
+    >>> with Publisher() as ui:
+    ...     later = ui.submit(sum, [1, 2, 3])
+    >>> later.result()
+    6
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="layered-ui")
+        self._calls: list[Future[Any]] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+        """Call ``fn(*args, **kwargs)`` after the calls submitted before; its future."""
+        call = self._pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+        self._calls.append(call)
+        return call
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        self._pool.shutdown(wait=True)
+        if kind is None:
+            for call in self._calls:
+                call.result()
 
 
 @contextlib.contextmanager

@@ -29,13 +29,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import numpy as np
 from prefect import flow
 from prefect.runtime import flow_run
-from prefect.states import State
+from prefect.states import Cancelled, State
 
 from layered.data.operands import ArraySource, flops_affordable, open_operand, synthetic_operands
 from layered.data.store import Run, RunStore, new_run_id
@@ -140,42 +142,41 @@ def _layer_resolutions(
     """The loop of the method: layer, persist, decide, repeat. Returns why it stopped."""
     total = job.order.resolutions
     entries = run.completed_resolutions()
-    key = report.artifact_key("matmul", run.run_id)
-    progress = report.start_progress(key, len(entries), total)
     clock = lifecycle.Clock(entries)
-    if entries:
-        last = entries[-1]
-        stopped = decide(last["resolution"], total, last["bound"], tolerance, None)
-        if stopped is not None:  # resumed a run that had nothing left to do
-            return Stop(stopped, time.time())
-    first = len(entries) + 1
-    for resolution in range(first, total + 1):
-        staged = StagedResolution(
-            run.stage_array(f"estimate-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
-            run.stage_array(f"bound-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
-        )
-        previous = run.array_path(entries[-1]["files"]["estimate"]) if entries else None
-        submitted_at = time.time()
-        future = layer_resolution.submit(job, resolution, previous, staged, deadline_at)
-        if resolution > first:  # shown while this resolution computes
-            _show(key, entries, total, progress)
-        outcome = lifecycle.wait_for(future, f"resolution {resolution}", run, deadline_at,
-                                     submitted_at)
-        if isinstance(outcome, Stop):
-            return outcome
-        entries.append(_persist(run, outcome, staged, clock.elapsed()))
-        now = time.time()  # the decision is about this moment, whatever the task's latency
-        stopped = decide(resolution, total, outcome.bound, tolerance, deadline_at, now)
-        if stopped is not None:
-            _show(key, entries, total, progress)
-            return Stop(stopped, now)
+    key = report.artifact_key("matmul", run.run_id)
+    with lifecycle.Publisher() as ui:
+        progress = ui.submit(report.start_progress, key, len(entries), total)
+        if entries:
+            last = entries[-1]
+            stopped = decide(last["resolution"], total, last["bound"], tolerance, None)
+            if stopped is not None:  # resumed a run that had nothing left to do
+                return Stop(stopped, time.time())
+        for resolution in range(len(entries) + 1, total + 1):
+            staged = StagedResolution(
+                run.stage_array(f"estimate-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
+                run.stage_array(f"bound-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
+            )
+            previous = run.array_path(entries[-1]["files"]["estimate"]) if entries else None
+            submitted_at = time.time()
+            future = layer_resolution.submit(job, resolution, previous, staged, deadline_at)
+            outcome = lifecycle.wait_for(future, f"resolution {resolution}", run, deadline_at,
+                                         submitted_at)
+            if isinstance(outcome, Stop):
+                return outcome
+            # The layering stops when the result arrives (if it stops): persisting follows.
+            now = time.time()
+            entries.append(_persist(run, outcome, staged, clock.elapsed()))
+            ui.submit(_show, key, list(entries), total, progress)
+            stopped = decide(resolution, total, outcome.bound, tolerance, deadline_at, now)
+            if stopped is not None:
+                return Stop(stopped, now)
     return Stop("completed", time.time())
 
 
-def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Any) -> None:
+def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Future[UUID]) -> None:
     """The latest resolution in the log and the UI (its table row and the progress)."""
     report.announce(report.progress_line(entries[-1], total))
-    report.publish_resolution(key, entries, total, progress)
+    report.publish_resolution(key, entries, total, progress.result())
 
 
 def _persist(
@@ -222,12 +223,16 @@ def _prepare(
         ), "the operand preparation", run, deadline_at, submitted_at)
         if isinstance(outcome, Stop):
             return outcome
+        ended_at = time.time()
         files = run.commit_arrays(staged)
         if split:
             digits = {k: v for k, v in files.items() if k != "reference"}
             run.record_prepared("digits", {"off_grid": list(outcome), "files": digits})
         if reference:
             run.record_prepared("reference", {"files": {"reference": "reference.npy"}})
+        if deadline_at is not None and ended_at >= deadline_at:  # kept for a resume
+            return Stop("deadline", ended_at, Cancelled(
+                message="deadline passed during the operand preparation; stopped"))
     off_w, off_x = run.manifest["prepared"]["digits"]["off_grid"]
     return dataclasses.replace(
         job,

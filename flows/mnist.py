@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import numpy as np
 from prefect import flow
@@ -140,39 +142,48 @@ def _layer_resolutions(run: Run, job: MnistJob, deadline_at: float | None) -> St
     total = job.resolutions
     entries = run.completed_resolutions()
     key = report.artifact_key("mnist", run.run_id)
-    progress = report.start_progress(key, len(entries), total)
     clock = lifecycle.Clock(entries)
-    if entries:
-        last = entries[-1]
-        stopped = decide(last["resolution"], total, last["active"], None)
-        if stopped is not None:  # resumed a run that had nothing left to do
-            return Stop(stopped, time.time())
     inputs = run.manifest["prepared"]["inputs"]
     targets = np.load(run.array_path(inputs["targets"]))
     full = np.load(run.array_path(inputs["full_predictions"]))
-    for resolution in range(len(entries) + 1, total + 1):
-        previous = entries[-1] if entries else None
-        chunks = previous["active_chunks"] if previous else list(range(len(job.chunks())))
-        staged = _stage(run, job, resolution, previous, chunks)
-        submitted_at = time.time()
-        future = layer_resolution.submit(
-            job, resolution, chunks,
-            run.array_path(f"resolution-{resolution - 1}") if previous else None,
-            staged, deadline_at,
-        )
-        outcome = lifecycle.wait_for(future, f"resolution {resolution}", run, deadline_at,
-                                     submitted_at)
-        if isinstance(outcome, Stop):
-            return outcome
-        entries.append(_persist(run, job, outcome, staged, (targets, full), clock.elapsed()))
-        now = time.time()  # the decision is about this moment, whatever the task's latency
-        report.announce(report.progress_line(entries[-1], total, measures=report.MNIST_MEASURES))
-        report.publish_resolution(key, entries, total, progress, fields=report.MNIST_ROW_FIELDS,
-                                  what="accuracy and fraction of samples still active")
-        stopped = decide(resolution, total, entries[-1]["active"], deadline_at, now)
-        if stopped is not None:
-            return Stop(stopped, now)
+    with lifecycle.Publisher() as ui:
+        progress = ui.submit(report.start_progress, key, len(entries), total)
+        if entries:
+            last = entries[-1]
+            stopped = decide(last["resolution"], total, last["active"], None)
+            if stopped is not None:  # resumed a run that had nothing left to do
+                return Stop(stopped, time.time())
+        for resolution in range(len(entries) + 1, total + 1):
+            previous = entries[-1] if entries else None
+            chunks = previous["active_chunks"] if previous else list(range(len(job.chunks())))
+            staged = _stage(run, job, resolution, previous, chunks)
+            submitted_at = time.time()
+            future = layer_resolution.submit(
+                job, resolution, chunks,
+                run.array_path(f"resolution-{resolution - 1}") if previous else None,
+                staged, deadline_at,
+            )
+            outcome = lifecycle.wait_for(future, f"resolution {resolution}", run, deadline_at,
+                                         submitted_at)
+            if isinstance(outcome, Stop):
+                return outcome
+            # The layering stops when the result arrives (if it stops): persisting follows.
+            now = time.time()
+            entries.append(_persist(run, job, outcome, staged, (targets, full),
+                                    clock.elapsed()))
+            ui.submit(_show, key, list(entries), total, progress)
+            stopped = decide(resolution, total, entries[-1]["active"], deadline_at, now)
+            if stopped is not None:
+                return Stop(stopped, now)
     return Stop("completed", time.time())
+
+
+def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Future[UUID]) -> None:
+    """The latest resolution in the log and the UI (its table row and the progress)."""
+    report.announce(report.progress_line(entries[-1], total, measures=report.MNIST_MEASURES))
+    report.publish_resolution(key, entries, total, progress.result(),
+                              fields=report.MNIST_ROW_FIELDS,
+                              what="accuracy and fraction of samples still active")
 
 
 def _stage(

@@ -1,4 +1,5 @@
-"""The examples in the library's docstrings run and give what they show."""
+"""The examples in the docstrings run and give what they show (the library, and the
+pipeline modules whose examples need no cluster)."""
 
 import doctest
 import importlib
@@ -13,7 +14,10 @@ MODULES = sorted(
 )
 
 
-@pytest.mark.parametrize("name", ["layered.layering", *MODULES])
+PIPELINE_MODULES = ["layered.tasks.matmul", "layered.tasks.mnist", "layered.flows.lifecycle"]
+
+
+@pytest.mark.parametrize("name", ["layered.layering", *MODULES, *PIPELINE_MODULES])
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
