@@ -15,18 +15,22 @@ Examples
     layered deploy                            # nightly deployments on a process work pool
 
 Exit status: 0 when a run ends with a result (completed, tolerance or deadline), 1 when it
-fails, 2 on bad input (nothing is started then).
+fails, 2 on bad input (nothing is started then), 130 or 143 when interrupted by Ctrl-C or
+SIGTERM (the run is marked Crashed; resume it with --run-id).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -47,7 +51,8 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
         epilog="Every default can also be set by an environment variable LAYERED_<NAME>"
         " (for example LAYERED_STORE, LAYERED_DASK_ADDRESS, LAYERED_SHAPE=2048,2048,512)."
         " Exit status: 0 a run ended with a result (completed, tolerance or deadline),"
-        " 1 it failed, 2 bad input (nothing started).",
+        " 1 it failed, 2 bad input (nothing started), 130/143 interrupted by Ctrl-C/SIGTERM"
+        " (the run is kept, marked Crashed; resume it with --run-id).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run a pipeline as a Prefect flow on Dask")
@@ -379,6 +384,7 @@ def _run_flow(
     t0 = time.perf_counter()
     with ExitStack() as stack:
         api = stack.enter_context(prefect_api(settings))
+        stack.callback(_send_prefect_logs)  # while the API is still up, on any way out
         _say(f"Prefect API: {api.url} ({api.source})")
         address = settings.dask_address
         if address is None:  # starts while the server comes up
@@ -393,6 +399,13 @@ def _run_flow(
         _say(f"flow run {state.name} after {time.perf_counter() - t1:.1f} s")
     _say(f"done after {time.perf_counter() - t0:.1f} s")
     return state
+
+
+def _send_prefect_logs() -> None:
+    """Send the flow run's logs still queued to the Prefect API (at most 5 s)."""
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
 
 
 def _report(summary: dict[str, Any], state: Any, json_path: Path | None) -> int:
@@ -467,6 +480,35 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     return (OperandError, RunStoreError, SchedulerUnreachableError, ValueError, SettingsError)
 
 
+class _Terminated(BaseException):
+    """SIGTERM reached the command (see _terminated_on_sigterm)."""
+
+
+@contextlib.contextmanager
+def _terminated_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises :class:`_Terminated`, so the cluster and the server this command
+    started are stopped on the way out. (During a flow run Prefect's handler comes first:
+    it marks the flow run Crashed, then hands the signal on to this one.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    before = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _termination_signal() -> type[BaseException]:
+    from prefect.exceptions import TerminationSignal
+
+    return TerminationSignal
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``layered`` console script."""
     try:
@@ -486,13 +528,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from layered.flows.server import ServerStartError
 
     try:
-        return int(args.handler(args, defaults))
+        with _terminated_on_sigterm():
+            return int(args.handler(args, defaults))
     except _input_errors() as exc:
         print(f"layered: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ServerStartError as exc:
         print(f"layered: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("layered: interrupted (Ctrl-C); what was persisted is kept", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except (_Terminated, _termination_signal()):
+        print("layered: terminated (SIGTERM); what was persisted is kept", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect.context import FlowRunContext
+from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Crashed, State
@@ -111,7 +114,8 @@ def running(
     runs: RunStore, run_id: str, kind: str, parameters: Mapping[str, Any],
     started_at: float, deadline_at: float | None = None,
 ) -> Iterator[Run]:
-    """The run, opened for this flow run and marked ``Running``; ``Failed`` if the body raises.
+    """The run, opened for this flow run and marked ``Running``; ``Failed`` if the body raises,
+    ``Crashed`` if it is interrupted (Ctrl-C, SIGTERM), as Prefect marks the flow run.
 
     Raises whatever opening the run raises (a second writer, changed parameters) before
     anything is written, and :class:`~layered.flows.cluster.ClusterUnreachableError`
@@ -123,12 +127,54 @@ def running(
         run.record_outcome(status="Running", stopped_reason=None, error=None,
                            flow_run_id=flow_run.id, started_at=started_at,
                            deadline_at=deadline_at, stopped_at=None, finished_at=None)
-        try:
-            yield run
-        except Exception as exc:
-            run.record_outcome(status="Failed", error=f"{type(exc).__name__}: {exc}",
-                               stopped_at=time.time())
-            raise
+        with _noting_signals() as signals:
+            try:
+                yield run
+            except BaseException as exc:
+                caught = signals[0] if signals else None
+                if caught is None and isinstance(exc, Exception):
+                    run.record_outcome(status="Failed", error=f"{type(exc).__name__}: {exc}",
+                                       stopped_at=time.time())
+                    raise
+                # Ctrl-C or SIGTERM. Prefect raises the signal as an exception wherever the
+                # flow is, and Prefect's own code may turn it into another error (a
+                # serializer's, say): the run is marked as interrupted all the same.
+                name = signal.Signals(caught).name if caught else type(exc).__name__
+                run.record_outcome(status="Crashed", stopped_at=time.time(),
+                                   error=f"interrupted by {name}; resume with --run-id"
+                                   f" {run.run_id}")
+                if isinstance(exc, Exception) and caught == signal.SIGTERM:
+                    raise TerminationSignal(signal.SIGTERM) from exc  # Crashed in Prefect
+                if isinstance(exc, Exception):
+                    raise KeyboardInterrupt from exc
+                raise
+
+
+@contextlib.contextmanager
+def _noting_signals() -> Iterator[list[int]]:
+    """The SIGINT and SIGTERM received meanwhile (the handlers before still run)."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught  # (signals reach the main thread only)
+        return
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def note(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        handler = before[signal.Signals(signum)]
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    for sig in before:
+        signal.signal(sig, note)
+    try:
+        yield caught
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _connect_cluster() -> None:

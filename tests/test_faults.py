@@ -154,6 +154,50 @@ def test_a_killed_flow_process_leaves_only_complete_results_and_resumes_where_it
     assert not list(run_dir.rglob(".*.tmp")) and not list((run_dir / ".staging").iterdir())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_interrupted_flow_process_marks_the_run_crashed_and_it_resumes(
+    delayed_cluster, blocks, prefect_api, tmp_path, monkeypatch, capsys, signum
+):
+    """SIGTERM (a job scheduler's stop) or SIGINT (Ctrl-C) during resolution 2: the
+    command ends at once with 128 + the signal, the run is Crashed in the manifest and in
+    Prefect, and resuming it recomputes only what was not persisted."""
+    blocks.set_delay(0.3)
+    store, address, run_id = tmp_path / "runs", delayed_cluster.address, signum.name.lower()
+    proc = subprocess.Popen(
+        cli_command(*shape_args(4), "--run-id", run_id, "--store", store, "--address", address),
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(lambda: persisted_resolutions(store, run_id) >= 1, 120, "resolution 1")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, err
+    said = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+    assert f"layered: {said}; what was persisted is kept" in err
+    stopped = read_manifest(store, run_id)
+    done = [e["resolution"] for e in stopped["resolutions"]]
+    assert stopped["status"] == "Crashed" and 1 <= len(done) < 3, (stopped["status"], done)
+    assert stopped["error"] == f"interrupted by {signum.name}; resume with --run-id {run_id}"
+    assert flow_run_state(stopped["flow_run_id"]) == "Crashed"
+    run_dir = store / run_id
+    assert visible_files(run_dir) - {"manifest.json"} == listed_files(stopped)
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    code = main(["run", "matmul", "--run-id", run_id, "--store", str(store),
+                 "--address", address])
+    assert code == 0, capsys.readouterr().err
+    resumed = assert_matches_layered_matmul(store, run_id, *synthetic_operands(SHAPE, seed=4))
+    assert resumed["status"] == "Completed"
+    layered_tasks = {name for name in task_run_states(resumed["flow_run_id"])
+                     if not name.startswith("decide")}
+    assert layered_tasks == {f"resolution-{r}" for r in range(len(done) + 1, 4)}
+
+
 def test_a_writer_killed_just_before_publishing_a_file_leaves_the_old_state_readable(
     tmp_path,
 ):
