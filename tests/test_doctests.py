@@ -14,7 +14,8 @@ MODULES = sorted(
 )
 
 
-PIPELINE_MODULES = ["layered.tasks.matmul", "layered.tasks.mnist", "layered.flows.lifecycle"]
+PIPELINE_MODULES = ["layered.tasks.matmul", "layered.tasks.mnist", "layered.tasks.report",
+                    "layered.flows.lifecycle"]
 
 
 @pytest.mark.parametrize("name", ["layered.layering", *MODULES, *PIPELINE_MODULES])
