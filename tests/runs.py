@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layered.layering import Partition, layered_matmul
+from layered.layering import Network, Partition, layered_inference, layered_matmul
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
@@ -53,10 +53,16 @@ def assert_matches_layered_matmul(store: Path, run_id: str, W, X) -> dict:
 
 
 def listed_files(manifest: dict) -> set[str]:
-    """Every file a manifest lists (resolutions' and prepared inputs' ``files``)."""
+    """Every file a manifest lists: resolutions' and prepared inputs' ``files``, and the
+    mnist run's prepared inputs (``.npy`` paths) and model (``file``)."""
     entries = [*manifest["resolutions"], *manifest["prepared"].values()]
-    return {rel for entry in entries if isinstance(entry, dict)
-            for rel in entry.get("files", {}).values()}
+    listed = {rel for entry in entries if isinstance(entry, dict)
+              for rel in entry.get("files", {}).values()}
+    inputs = manifest["prepared"].get("inputs", {})
+    listed |= {rel for rel in inputs.values() if isinstance(rel, str) and rel.endswith(".npy")}
+    if "file" in manifest["prepared"].get("model", {}):
+        listed.add(manifest["prepared"]["model"]["file"])
+    return listed
 
 
 def visible_files(run_dir: Path) -> set[str]:
@@ -91,3 +97,29 @@ def task_run_states(flow_run_id) -> dict[str, str]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
     return {run.name: run.state_name for run in runs}
+
+
+def reference_results(model_path, images, rule):
+    """The network saved at ``model_path`` and ``layered_inference`` of it on ``images``
+    with the paper's partitions, as the mnist flow runs it."""
+    from layered.data import load_model, pixels_to_unit
+    from layered.flows.mnist_report import PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS
+
+    net = Network(**load_model(model_path).to_network_kwargs())
+    X = pixels_to_unit(images)
+    return net, list(layered_inference(net, X, PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS,
+                                       rule=rule, clip=True))
+
+
+def assert_run_matches_layered_inference(store, run_id, direct):
+    """Each persisted resolution equals layered_inference's. Returns the manifest."""
+    run_dir = Path(store) / run_id
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["resolutions"], "no resolution persisted"
+    for entry, res in zip(manifest["resolutions"], direct, strict=False):
+        for name in ("outputs", "logits", "active", "frozen_at"):
+            saved = np.load(run_dir / entry["files"][name])
+            assert np.array_equal(saved, getattr(res, name)), (name, res.resolution)
+        assert entry["active_fraction"] == float(np.mean(res.active))
+        assert entry["refined"] == res.n_active and entry["bit_ops"] == res.bit_ops
+    return manifest

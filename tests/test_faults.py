@@ -22,10 +22,12 @@ import pytest
 from conftest import loopback_cluster
 from runs import (
     assert_matches_layered_matmul,
+    assert_run_matches_layered_inference,
     flow_run_state,
     listed_files,
     persisted_resolutions,
     read_manifest,
+    reference_results,
     snapshot,
     task_run_states,
     visible_files,
@@ -196,6 +198,65 @@ def test_an_interrupted_flow_process_marks_the_run_crashed_and_it_resumes(
     layered_tasks = {name for name in task_run_states(resumed["flow_run_id"])
                      if not name.startswith("decide")}
     assert layered_tasks == {f"resolution-{r}" for r in range(len(done) + 1, 4)}
+
+
+@pytest.fixture(scope="module")
+def even_odd_model(shared_mnist_dir, tmp_path_factory):
+    """A small even/odd model (3,000 training images, 2 epochs); its saved path."""
+    from layered.data import load_mnist, save_model, train_model
+    from layered.data.models import TrainingRecipe
+
+    images, labels = load_mnist(shared_mnist_dir, "train")
+    recipe = TrainingRecipe(hidden_sizes=(20, 20), learning_rate=1e-2, epochs=2)
+    path = tmp_path_factory.mktemp("model") / "even-odd.npz"
+    save_model(train_model(images[:3000], labels[:3000], task="even-odd", recipe=recipe), path)
+    return path
+
+
+@pytest.mark.slow
+def test_a_killed_mnist_run_resumes_where_it_died_with_the_same_answers(
+    delayed_cluster, blocks, prefect_api, shared_mnist_dir, even_odd_model, tmp_path,
+    monkeypatch, capsys
+):
+    """The mnist pipeline's chunk states survive a SIGKILL of the command as the matmul
+    estimates do: the resumed run refines from them and ends with layered_inference's
+    answers, bit for bit."""
+    from layered.data import load_mnist
+
+    blocks.set_delay(0.3)  # 4 chunks of 300 samples, 2 per worker: >= 0.6 s a resolution
+    store, address = tmp_path / "runs", delayed_cluster.address
+    args = ["run", "mnist", "--data-dir", str(shared_mnist_dir), "--model", str(even_odd_model),
+            "--samples", "1200", "--chunk-size", "300", "--run-id", "m", "--store", str(store),
+            "--address", address]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layered.flows.cli", *args],
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: persisted_resolutions(store, "m") >= 1, 120, "resolution 1")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    died = read_manifest(store, "m")
+    done = [e["resolution"] for e in died["resolutions"]]
+    assert died["status"] == "Running" and 1 <= len(done) < 4, (died["status"], done)
+    assert visible_files(store / "m") - {"manifest.json"} == listed_files(died)
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    blocks.set_delay(0)
+    assert main(args) == 0, capsys.readouterr().err
+    images, _ = load_mnist(shared_mnist_dir, "test")
+    _, direct = reference_results(even_odd_model, images[:1200], "gray-zone")
+    resumed = assert_run_matches_layered_inference(store, "m", direct)
+    assert resumed["status"] == "Completed"
+    assert [e["resolution"] for e in resumed["resolutions"]] == list(
+        range(1, len(resumed["resolutions"]) + 1))
+    refined = {name for name in task_run_states(resumed["flow_run_id"])
+               if name.startswith("resolution")}
+    assert refined == {f"resolution-{r}" for r in range(len(done) + 1,
+                                                        len(resumed["resolutions"]) + 1)}
+    assert flow_run_state(died["flow_run_id"]) == "Crashed"
 
 
 def test_a_writer_killed_just_before_publishing_a_file_leaves_the_old_state_readable(

@@ -9,10 +9,10 @@ import json
 import re
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from runs import assert_run_matches_layered_inference, reference_results
 
 from layered.data import load_mnist, pixels_to_unit, save_model, train_model
 from layered.data.models import TrainingRecipe
@@ -20,7 +20,6 @@ from layered.data.store import RunStore
 from layered.flows.cli import main
 from layered.flows.mnist_report import PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS
 from layered.flows.mnist_request import MnistRequest, default_model_path, resolve_mnist
-from layered.layering import Network, layered_inference
 from layered.settings import Settings
 from layered.tasks.mnist import decide
 
@@ -63,15 +62,6 @@ def run_mnist(local_cluster_address, shared_mnist_dir, small_model):
     return run
 
 
-def reference_results(model_path, images, rule):
-    from layered.data import load_model
-
-    net = Network(**load_model(model_path).to_network_kwargs())
-    X = pixels_to_unit(images)
-    return net, list(layered_inference(net, X, PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS,
-                                       rule=rule, clip=True))
-
-
 def full_resolution_classes(net, images):
     """Even (1) or odd (0) from a plain float64 pass of the network truncated to all bits."""
     h = PAPER_INPUT_PARTITION.truncate(pixels_to_unit(images), clip=True)
@@ -80,20 +70,6 @@ def full_resolution_classes(net, images):
         z = h @ p.truncate(w, clip=True).T + p.truncate(b, clip=True)
         h = np.maximum(z, 0.0) if layer < 2 else z
     return (h[:, 0] >= 0).astype(int)
-
-
-def assert_run_matches_layered_inference(store, run_id, direct):
-    """Each persisted resolution equals layered_inference's. Returns the manifest."""
-    run_dir = Path(store) / run_id
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["resolutions"], "no resolution persisted"
-    for entry, res in zip(manifest["resolutions"], direct, strict=False):
-        for name in ("outputs", "logits", "active", "frozen_at"):
-            saved = np.load(run_dir / entry["files"][name])
-            assert np.array_equal(saved, getattr(res, name)), (name, res.resolution)
-        assert entry["active_fraction"] == float(np.mean(res.active))
-        assert entry["refined"] == res.n_active and entry["bit_ops"] == res.bit_ops
-    return manifest
 
 
 # ------------------------------------------------------------------------ pure pieces

@@ -1,14 +1,15 @@
-"""Test-only Dask worker preload: a pause before every matmul row block, a log of blocks,
-and the worker's peak memory.
+"""Test-only Dask worker preload: a pause before every matmul row block and mnist chunk, a
+log of them, and the worker's peak memory.
 
 Fault and deadline tests need a resolution that lasts long enough to be hit while it runs,
 whatever the machine's speed. Started with ``dask worker --preload tests/worker_hooks.py``
 and ``DELAYED_BLOCKS_DIR=DIR`` in its environment, a worker:
 
 - sleeps ``DIR/delay`` seconds (re-read at every block; no file means no pause) before
-  each row block of :func:`layered.tasks.matmul._layer_block`, which it wraps in place, so
-  the arithmetic and the code path are production's;
-- touches ``DIR/log/r<resolution>-rows<start>-pid<worker pid>`` as each block starts.
+  each row block of :func:`layered.tasks.matmul._layer_block` and each chunk of
+  :func:`layered.tasks.mnist._layer_chunk`, which it wraps in place, so the arithmetic and
+  the code path are production's;
+- touches ``DIR/log/r<resolution>-rows<first row>-pid<worker pid>`` as each one starts.
 
 Tests drive it through :class:`BlockControl`, and run :func:`reset_peak_memory` and
 :func:`peak_memory` on the workers (``client.run``; the preload makes this module
@@ -29,23 +30,34 @@ _LOG_NAME = re.compile(r"^r(\d+)-rows(\d+)-pid(\d+)$")
 
 
 def dask_setup(worker: object) -> None:
-    """Wrap ``_layer_block`` in this worker process (Dask calls this at start-up)."""
+    """Wrap ``_layer_block`` and ``_layer_chunk`` in this worker process (Dask calls this
+    at start-up)."""
     import layered.tasks.matmul as matmul
+    import layered.tasks.mnist as mnist
 
     control = Path(os.environ[ENV])
-    original = matmul._layer_block
-    if hasattr(original, "__wrapped__"):  # preloaded twice in one process
+    original_block, original_chunk = matmul._layer_block, mnist._layer_chunk
+    if hasattr(original_block, "__wrapped__"):  # preloaded twice in one process
         return
 
-    @functools.wraps(original)  # same module and name: pickled by reference, as before
-    def delayed(job, resolution, previous, out, rows, *args, **kwargs):
-        (control / "log" / f"r{resolution}-rows{rows[0]}-pid{os.getpid()}").touch()
+    def pause(resolution: int, start: int) -> None:
+        (control / "log" / f"r{resolution}-rows{start}-pid{os.getpid()}").touch()
         delay = control / "delay"
         if delay.exists():
             time.sleep(float(delay.read_text()))
-        return original(job, resolution, previous, out, rows, *args, **kwargs)
 
-    matmul._layer_block = delayed
+    @functools.wraps(original_block)  # same module and name: pickled by reference
+    def delayed_block(job, resolution, previous, out, rows, *args, **kwargs):
+        pause(resolution, rows[0])
+        return original_block(job, resolution, previous, out, rows, *args, **kwargs)
+
+    @functools.wraps(original_chunk)
+    def delayed_chunk(job, previous, out, chunk, *args, **kwargs):
+        pause(out.resolution, job.chunks()[chunk][0])
+        return original_chunk(job, previous, out, chunk, *args, **kwargs)
+
+    matmul._layer_block = delayed_block
+    mnist._layer_chunk = delayed_chunk
 
 
 @dataclass(frozen=True)
