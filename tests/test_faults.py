@@ -69,6 +69,25 @@ def cli_command(*args):
     return [sys.executable, "-m", "layered.flows.cli", "run", "matmul", *map(str, args)]
 
 
+def signalled_after_resolution_1(args, store, run_id, prefect_api, signum=signal.SIGKILL):
+    """Run ``layered ARGS`` in a process of its own and send it ``signum`` once resolution 1
+    of ``run_id`` is persisted; the ended process and its standard error."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layered.flows.cli", *map(str, args)],
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(lambda: persisted_resolutions(store, run_id) >= 1, 120, "resolution 1")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    return proc, err
+
+
 def shape_args(seed, shape=SHAPE):
     return ["--shape", *shape, "--seed", seed, "--block-rows", BLOCK_ROWS]
 
@@ -118,16 +137,9 @@ def test_a_killed_flow_process_leaves_only_complete_results_and_resumes_where_it
 ):
     blocks.set_delay(0.3)
     store, address = tmp_path / "runs", delayed_cluster.address
-    proc = subprocess.Popen(
-        cli_command(*shape_args(6), "--run-id", "killed", "--store", store, "--address", address),
-        env={**os.environ, "PREFECT_API_URL": prefect_api},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: persisted_resolutions(store, "killed") >= 1, 120, "resolution 1")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+    proc, _ = signalled_after_resolution_1(
+        ["run", "matmul", *shape_args(6), "--run-id", "killed", "--store", store,
+         "--address", address], store, "killed", prefect_api)
     run_dir = store / "killed"
     died = read_manifest(store, "killed")
     done = [e["resolution"] for e in died["resolutions"]]
@@ -166,18 +178,9 @@ def test_an_interrupted_flow_process_marks_the_run_crashed_and_it_resumes(
     Prefect, and resuming it recomputes only what was not persisted."""
     blocks.set_delay(0.3)
     store, address, run_id = tmp_path / "runs", delayed_cluster.address, signum.name.lower()
-    proc = subprocess.Popen(
-        cli_command(*shape_args(4), "--run-id", run_id, "--store", store, "--address", address),
-        env={**os.environ, "PREFECT_API_URL": prefect_api},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        wait_for(lambda: persisted_resolutions(store, run_id) >= 1, 120, "resolution 1")
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, err = signalled_after_resolution_1(
+        ["run", "matmul", *shape_args(4), "--run-id", run_id, "--store", store,
+         "--address", address], store, run_id, prefect_api, signum)
     assert proc.returncode == 128 + signum, err
     said = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
     assert f"layered: {said}; what was persisted is kept" in err
@@ -228,16 +231,7 @@ def test_a_killed_mnist_run_resumes_where_it_died_with_the_same_answers(
     args = ["run", "mnist", "--data-dir", str(shared_mnist_dir), "--model", str(even_odd_model),
             "--samples", "1200", "--chunk-size", "300", "--run-id", "m", "--store", str(store),
             "--address", address]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "layered.flows.cli", *args],
-        env={**os.environ, "PREFECT_API_URL": prefect_api},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: persisted_resolutions(store, "m") >= 1, 120, "resolution 1")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+    signalled_after_resolution_1(args, store, "m", prefect_api)
     died = read_manifest(store, "m")
     done = [e["resolution"] for e in died["resolutions"]]
     assert died["status"] == "Running" and 1 <= len(done) < 4, (died["status"], done)
