@@ -74,10 +74,12 @@ def timed_run(flow: Any, client: Any, store: Path, run_id: str, shape: list[int]
     row = {"deadline_s": deadline, "stopped_reason": manifest["stopped_reason"],
            "kept": len(manifest["resolutions"]), "wall_s": manifest["stopped_at"] - started,
            "blocks": spans}
-    if deadline is not None and spans:
-        last_kind, _, last_stop = max(spans, key=lambda span: span[2])
-        row.update(late_s=manifest["stopped_at"] - manifest["deadline_at"],
-                   tail_s=last_stop - manifest["deadline_at"], last_kind=last_kind)
+    if deadline is not None:
+        row["late_s"] = manifest["stopped_at"] - manifest["deadline_at"]
+        # no block ran when the deadline came before any started: nothing ran after it
+        last_kind, _, last_stop = max(spans, key=lambda span: span[2], default=(
+            "resolution", 0.0, manifest["deadline_at"]))
+        row.update(tail_s=last_stop - manifest["deadline_at"], last_kind=last_kind)
     return row
 
 
