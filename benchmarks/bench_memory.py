@@ -151,6 +151,11 @@ def main() -> None:
           f" worker memory limit {limit / mib:.0f} MiB, block rows {args.block_rows}")
     print(f"flow run {state.name} in {wall:.1f} s; final estimate equals the exact"
           f" truncated product: {exact}; a worker restarted: {restarted}")
+    layering = [entry["elapsed_s"] for entry in manifest["resolutions"]]
+    prepare = manifest["stopped_at"] - manifest["started_at"] - layering[-1]
+    print(f"in the flow: operand preparation (split to digit files, reference product)"
+          f" {prepare:.1f} s, then resolutions done at " + ", ".join(
+              f"{seconds:.1f}" for seconds in layering) + " s of layering")
     print(f"one-shot float64 W @ X by the same row blocks, in one process: {baseline_s:.2f} s,"
           f" peak {baseline_bytes / mib:.0f} MiB above its start; layered flow / one-shot:"
           f" {wall / baseline_s:.1f}x the time")
@@ -161,7 +166,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "sizes_bytes": sizes, "memory_limit_bytes": limit, "block_rows": args.block_rows,
-            "wall_s": wall, "one_shot_s": baseline_s, "one_shot_peak_bytes": baseline_bytes,
+            "wall_s": wall, "prepare_s": prepare, "layering_s": layering,
+            "one_shot_s": baseline_s, "one_shot_peak_bytes": baseline_bytes,
             "state": state.name, "exact": exact, "restarted": restarted,
             "workers": {w: {"start_bytes": before[w], "peak_bytes": peaks[w]} for w in peaks},
         }, indent=2))
