@@ -22,19 +22,18 @@ SIGTERM (the run is marked Crashed; resume it with --run-id).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from layered.flows import signals
 from layered.settings import Settings, SettingsError
 
 __all__ = ["main", "build_parser"]
@@ -481,26 +480,14 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
 
 class _Terminated(BaseException):
-    """SIGTERM reached the command (see _terminated_on_sigterm)."""
+    """SIGTERM reached the command (see _terminate)."""
 
 
-@contextlib.contextmanager
-def _terminated_on_sigterm() -> Iterator[None]:
+def _terminate(signum: int, frame: Any, previous: Any) -> None:
     """SIGTERM raises :class:`_Terminated`, so the cluster and the server this command
     started are stopped on the way out. (During a flow run Prefect's handler comes first:
     it marks the flow run Crashed, then hands the signal on to this one.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise _Terminated()
-
-    before = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    raise _Terminated()
 
 
 def _termination_signal() -> type[BaseException]:
@@ -528,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from layered.flows.server import ServerStartError
 
     try:
-        with _terminated_on_sigterm():
+        with signals.handling((signal.SIGTERM,), _terminate):
             return int(args.handler(args, defaults))
     except _input_errors() as exc:
         print(f"layered: error: {exc}", file=sys.stderr)

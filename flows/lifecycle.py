@@ -2,9 +2,9 @@
 
 A flow opens its run with :func:`running`: the Dask cluster is connected before anything is
 written, a dead earlier invocation of the run is closed in Prefect, the manifest says
-``Running`` while the flow works and ``Failed`` (with the error) if it raises, the
-persisted resolutions kept. Between those, the layering loop submits one task per
-resolution and waits for it with :func:`wait_for`, which stops the run at its deadline
+``Running`` while the flow works, ``Failed`` (with the error) if it raises and ``Crashed``
+if it is interrupted, the persisted resolutions kept. Between those, the layering loop
+runs one task per resolution with :func:`run_task`, which stops the run at its deadline
 whatever the orchestration's latency; the loop returns a :class:`Stop`, and
 :func:`finish` plots, records and publishes the outcome.
 
@@ -24,12 +24,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from prefect.context import FlowRunContext
@@ -37,12 +37,14 @@ from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Crashed, State
+from prefect.tasks import Task
 
 from layered.data.store import Run, RunStore
+from layered.flows import signals
 from layered.flows.cluster import SchedulerLostError, connect_task_runner
 from layered.tasks import report
 
-__all__ = ["Stop", "Clock", "Publisher", "running", "wait_for", "finish", "SETTLE_S"]
+__all__ = ["Stop", "Clock", "Publisher", "running", "run_task", "finish", "SETTLE_S"]
 
 # How long a run that stopped at its deadline waits for a task still ending (after the stop).
 SETTLE_S = 30.0
@@ -118,7 +120,7 @@ def running(
     ``Crashed`` if it is interrupted (Ctrl-C, SIGTERM), as Prefect marks the flow run.
 
     Raises whatever opening the run raises (a second writer, changed parameters) before
-    anything is written, and :class:`~layered.flows.cluster.ClusterUnreachableError`
+    anything is written, and :class:`~layered.flows.cluster.SchedulerUnreachableError`
     when the flow's Dask cluster does not answer.
     """
     _connect_cluster()
@@ -154,27 +156,17 @@ def running(
 def _noting_signals() -> Iterator[list[int]]:
     """The SIGINT and SIGTERM received meanwhile (the handlers before still run)."""
     caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield caught  # (signals reach the main thread only)
-        return
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    def note(signum: int, frame: Any) -> None:
+    def note(signum: int, frame: FrameType | None, previous: Any) -> None:
         caught.append(signum)
-        handler = before[signal.Signals(signum)]
-        if callable(handler):
-            handler(signum, frame)
-        elif handler == signal.SIG_DFL:
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
 
-    for sig in before:
-        signal.signal(sig, note)
-    try:
+    with signals.handling((signal.SIGINT, signal.SIGTERM), note):
         yield caught
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
 
 
 def _connect_cluster() -> None:
@@ -209,17 +201,17 @@ def _close_dead_invocation(run: Run) -> None:
                 f" run {flow_run.id}, which resumed the run)"), force=True)
 
 
-def wait_for(
-    future: PrefectFuture[Any], what: str, run: Run, deadline_at: float | None,
-    submitted_at: float,
+def run_task(
+    task: Task[..., Any], *args: Any, what: str, run: Run, deadline_at: float | None
 ) -> Any:
-    """The task's result, or a deadline :class:`Stop`.
+    """Submit ``task(*args)`` to the flow's task runner: its result, or a deadline
+    :class:`Stop`.
 
     The run stops at the deadline whatever the orchestration's latency: the flow waits for
     the task until the deadline at most, and not at all if the deadline passed before the
-    task was submitted (``submitted_at``). A task it stopped waiting for sees the deadline
-    itself (before submitting any block, if it starts late) and ends Cancelled, which is
-    all it was submitted for then: the UI shows the resolution stopped.
+    task was submitted. A task it stopped waiting for sees the deadline itself (before
+    submitting any block, if it starts late) and ends Cancelled, which is all it was
+    submitted for then: the UI shows the resolution stopped.
 
     Raises
     ------
@@ -227,6 +219,8 @@ def wait_for(
         If Dask cancelled the task's future: its client gave up reconnecting to a lost
         scheduler (after its timeout), or the scheduler restarted and forgot the task.
     """
+    submitted_at = time.time()
+    future = task.submit(*args)
     if deadline_at is not None and submitted_at >= deadline_at:
         late: State = Cancelled(message=f"deadline passed before {what}; stopped")
         return Stop("deadline", submitted_at, late, future)

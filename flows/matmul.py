@@ -157,10 +157,10 @@ def _layer_resolutions(
                 run.stage_array(f"bound-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
             )
             previous = run.array_path(entries[-1]["files"]["estimate"]) if entries else None
-            submitted_at = time.time()
-            future = layer_resolution.submit(job, resolution, previous, staged, deadline_at)
-            outcome = lifecycle.wait_for(future, f"resolution {resolution}", run, deadline_at,
-                                         submitted_at)
+            outcome = lifecycle.run_task(
+                layer_resolution, job, resolution, previous, staged, deadline_at,
+                what=f"resolution {resolution}", run=run, deadline_at=deadline_at,
+            )
             if isinstance(outcome, Stop):
                 return outcome
             # The layering stops when the result arrives (if it stops): persisting follows.
@@ -217,10 +217,10 @@ def _prepare(
             w_digits=tuple(staged.get(_rel(run, p), p) for p in job.w_digits),
             x_digits=tuple(staged.get(_rel(run, p), p) for p in job.x_digits),
         )
-        submitted_at = time.time()
-        outcome = lifecycle.wait_for(prepare_operands.submit(
-            staged_job, split, staged.get("reference.npy"), deadline_at
-        ), "the operand preparation", run, deadline_at, submitted_at)
+        outcome = lifecycle.run_task(
+            prepare_operands, staged_job, split, staged.get("reference.npy"), deadline_at,
+            what="the operand preparation", run=run, deadline_at=deadline_at,
+        )
         if isinstance(outcome, Stop):
             return outcome
         ended_at = time.time()

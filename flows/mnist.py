@@ -157,14 +157,12 @@ def _layer_resolutions(run: Run, job: MnistJob, deadline_at: float | None) -> St
             previous = entries[-1] if entries else None
             chunks = previous["active_chunks"] if previous else list(range(len(job.chunks())))
             staged = _stage(run, job, resolution, previous, chunks)
-            submitted_at = time.time()
-            future = layer_resolution.submit(
-                job, resolution, chunks,
+            outcome = lifecycle.run_task(
+                layer_resolution, job, resolution, chunks,
                 run.array_path(f"resolution-{resolution - 1}") if previous else None,
                 staged, deadline_at,
+                what=f"resolution {resolution}", run=run, deadline_at=deadline_at,
             )
-            outcome = lifecycle.wait_for(future, f"resolution {resolution}", run, deadline_at,
-                                         submitted_at)
             if isinstance(outcome, Stop):
                 return outcome
             # The layering stops when the result arrives (if it stops): persisting follows.

@@ -202,7 +202,7 @@ def prepare_operands(
             (job.w, job.pw, "W", job.w_digits), (job.x, job.px, "X", job.x_digits)
         ):
             calls += [Call(f"split-{name}-rows-{a}-{b}", _split_block,
-                            (source, partition, name, paths, (a, b)))
+                           (source, partition, name, paths, (a, b)))
                       for a, b in job.blocks(source.shape[0])]
     n_split = len(calls)
     if reference is not None:
@@ -287,7 +287,7 @@ def layer_resolution(
     t0 = time.perf_counter()
     blocks = fan_out(
         [Call(f"resolution-{resolution}-rows-{a}-{b}", _layer_block,
-               (job, resolution, previous, out, (a, b))) for a, b in job.blocks()],
+              (job, resolution, previous, out, (a, b))) for a, b in job.blocks()],
         deadline,
         pinned=True,
     )

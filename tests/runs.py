@@ -114,7 +114,7 @@ def reference_results(model_path, images, rule):
 def assert_run_matches_layered_inference(store, run_id, direct):
     """Each persisted resolution equals layered_inference's. Returns the manifest."""
     run_dir = Path(store) / run_id
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = read_manifest(store, run_id)
     assert manifest["resolutions"], "no resolution persisted"
     for entry, res in zip(manifest["resolutions"], direct, strict=False):
         for name in ("outputs", "logits", "active", "frozen_at"):

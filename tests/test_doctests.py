@@ -15,7 +15,7 @@ MODULES = sorted(
 
 
 PIPELINE_MODULES = ["layered.tasks.matmul", "layered.tasks.mnist", "layered.tasks.report",
-                    "layered.flows.lifecycle"]
+                    "layered.flows.lifecycle", "layered.flows.signals"]
 
 
 @pytest.mark.parametrize("name", ["layered.layering", *MODULES, *PIPELINE_MODULES])

@@ -66,14 +66,15 @@ def in_background(target):
 
 
 def cli_command(*args):
-    return [sys.executable, "-m", "layered.flows.cli", "run", "matmul", *map(str, args)]
+    """``layered ARGS`` as a command line of its own process."""
+    return [sys.executable, "-m", "layered.flows.cli", *map(str, args)]
 
 
 def signalled_after_resolution_1(args, store, run_id, prefect_api, signum=signal.SIGKILL):
     """Run ``layered ARGS`` in a process of its own and send it ``signum`` once resolution 1
     of ``run_id`` is persisted; the ended process and its standard error."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "layered.flows.cli", *map(str, args)],
+        cli_command(*args),
         env={**os.environ, "PREFECT_API_URL": prefect_api},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
@@ -393,7 +394,7 @@ def test_two_runs_write_one_store_at_once_and_a_second_writer_of_a_run_is_refuse
     store, address = tmp_path / "runs", delayed_cluster.address
     longer = (384, *SHAPE[1:])  # still running when the second run starts
     first = subprocess.Popen(
-        cli_command(*shape_args(8, longer), "--run-id", "first", "--store", store,
+        cli_command("run", "matmul", *shape_args(8, longer), "--run-id", "first", "--store", store,
                     "--address", address),
         env={**os.environ, "PREFECT_API_URL": prefect_api},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
