@@ -43,6 +43,14 @@ class ProductKernel(Protocol):
 
     name: str
 
+    def dtype_for(self, max_partial_sum: int, max_digit: int) -> np.dtype:
+        """The operand dtype in which this kernel computes a product exactly.
+
+        ``max_partial_sum`` bounds every |partial sum| of the dot products and
+        ``max_digit`` every |digit| of either operand.
+        """
+        ...
+
     def prepare(self, digits: np.ndarray, dtype: np.dtype) -> np.ndarray:
         """Convert one component's digits to the operand form ``product`` expects."""
         ...
@@ -60,6 +68,9 @@ class NumpyKernel:
     """BLAS through numpy: float32 while partial sums stay below 2**24, else float64/int64."""
 
     name = "numpy"
+
+    def dtype_for(self, max_partial_sum: int, max_digit: int) -> np.dtype:
+        return exact_dtype(max_partial_sum)
 
     def prepare(self, digits: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.ascontiguousarray(digits, dtype=dtype)

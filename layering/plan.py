@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernel import ProductKernel, exact_dtype
+from .kernel import ProductKernel
 from .ordering import Ordering
 
 __all__ = ["ProductPlan", "REUSE_STRATEGIES", "choose_reuse"]
@@ -101,7 +101,7 @@ class ProductPlan:
 
     # ------------------------------------------------------------------ planning
     def _dtype(self, max_w: int, max_x: int) -> np.dtype:
-        return exact_dtype(self.inner * max_w * max_x)
+        return self.kernel.dtype_for(self.inner * max_w * max_x, max(max_w, max_x))
 
     def _symmetric_ok(self, a: int, b: int) -> bool:
         ew, ex = self.w.components.exponents, self.x.components.exponents
@@ -109,7 +109,8 @@ class ProductPlan:
             return False
         wa, wb, xa, xb = (self.w.max_digit(a), self.w.max_digit(b),
                           self.x.max_digit(a), self.x.max_digit(b))
-        pair_dtype = exact_dtype(self.inner * max(wa * xb, wb * xa))
+        pair_dtype = self.kernel.dtype_for(
+            self.inner * max(wa * xb, wb * xa), max(wa, wb, xa, xb))
         return self._dtype(wa + wb, xa + xb) == pair_dtype
 
     def _plan_group(self, group: tuple[tuple[int, int], ...]) -> list[_Step]:
