@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from layered.data import load_mnist, pixels_to_unit, train_model
-from layered.flows.mnist_report import PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS
 from layered.layering import Network, layered_inference, one_shot_cost
+from layered.reports.mnist import PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 

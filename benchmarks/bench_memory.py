@@ -113,12 +113,12 @@ def main() -> None:
         tmp_path = Path(tmp)
         settings = Settings.from_env().replace(prefect_home=tmp_path / "prefect",
                                                store=tmp_path / "runs")
-        from layered.flows.server import prefect_api, wait_ready
+        from layered.server import prefect_api, wait_ready
 
         api = stack.enter_context(prefect_api(settings))  # before prefect is imported
         from distributed import Client
 
-        from layered.flows.cluster import dask_task_runner, local_cluster
+        from layered.cluster import dask_task_runner, local_cluster
         from layered.flows.matmul import matmul_flow
 
         cluster = stack.enter_context(local_cluster(settings, memory_limit=limit))

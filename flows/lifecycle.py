@@ -39,9 +39,9 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Crashed, State
 from prefect.tasks import Task
 
+from layered.cluster import SchedulerLostError, connect_task_runner
 from layered.data.store import Run, RunStore
 from layered.flows import signals
-from layered.flows.cluster import SchedulerLostError, connect_task_runner
 from layered.tasks import report
 
 __all__ = ["Stop", "Clock", "Publisher", "running", "run_task", "finish", "SETTLE_S"]
@@ -120,7 +120,7 @@ def running(
     ``Crashed`` if it is interrupted (Ctrl-C, SIGTERM), as Prefect marks the flow run.
 
     Raises whatever opening the run raises (a second writer, changed parameters) before
-    anything is written, and :class:`~layered.flows.cluster.SchedulerUnreachableError`
+    anything is written, and :class:`~layered.cluster.SchedulerUnreachableError`
     when the flow's Dask cluster does not answer.
     """
     _connect_cluster()

@@ -8,7 +8,7 @@ far). Re-running a run id resumes after its last persisted resolution.
 
 Faults end a run cleanly: an unreachable scheduler fails it before it writes anything, a
 scheduler lost mid-run fails it (within the client's timeout) with
-:class:`~layered.flows.cluster.SchedulerLostError`, and any failure is recorded in the
+:class:`~layered.cluster.SchedulerLostError`, and any failure is recorded in the
 manifest (``status: "Failed"``, ``error``) with the persisted resolutions kept. A flow
 process that was killed cannot record anything; the invocation that resumes its run marks
 the dead flow run ``Crashed`` in Prefect, so none stays ``Running`` in the UI. That life
@@ -39,13 +39,13 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
+from layered.cluster import dask_task_runner
 from layered.data.operands import ArraySource, flops_affordable, open_operand, synthetic_operands
 from layered.data.store import Run, RunStore, new_run_id
 from layered.flows import lifecycle
-from layered.flows.cluster import dask_task_runner
 from layered.flows.lifecycle import Stop
-from layered.flows.request import MatmulRequest, MatmulSpec, check_limits, resolve_matmul
 from layered.layering.product import truncation_bound
+from layered.request import MatmulRequest, MatmulSpec, check_limits, resolve_matmul
 from layered.settings import Settings
 from layered.tasks import report
 from layered.tasks.matmul import (

@@ -40,13 +40,14 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import State
 
+from layered.cluster import dask_task_runner
 from layered.data.mnist import pixels_to_unit
 from layered.data.models import RECIPES, load_model, save_model
 from layered.data.store import Run, RunStore, atomic_write_bytes, new_run_id
 from layered.flows import lifecycle
-from layered.flows.cluster import dask_task_runner
 from layered.flows.lifecycle import Stop
-from layered.flows.mnist_request import (
+from layered.layering import Network, Partition
+from layered.mnist_request import (
     MnistInputError,
     MnistRequest,
     MnistSpec,
@@ -54,8 +55,7 @@ from layered.flows.mnist_request import (
     resolve_mnist,
     task_partitions,
 )
-from layered.flows.request import check_limits
-from layered.layering import Network, Partition
+from layered.request import check_limits
 from layered.settings import Settings
 from layered.tasks import report
 from layered.tasks.mnist import (

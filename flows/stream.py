@@ -19,7 +19,7 @@ From Python::
     summary = stream_flow(simulate=True)                      # the paper's defaults
     summary = stream_flow(jobs=30, slowdowns={"1": 3.0})      # LocalCluster, 2 workers
 
-From the shell (:mod:`layered.flows.stream_cli`): ``layered run stream --simulate`` or
+From the shell (:mod:`layered.stream_cli`): ``layered run stream --simulate`` or
 ``layered run stream --slowdown 1=3 --json real.json``.
 """
 
@@ -37,10 +37,9 @@ from prefect.runtime import task_run
 
 from layered.data.store import new_run_id
 from layered.data.stream_jobs import ImageJobs, JobSource, SyntheticJobs
-from layered.flows import stream_report
-from layered.flows.stream_cli import REAL_DEFAULTS
 from layered.layering.stream import StreamModel, StreamSimulation, simulate_stream
-from layered.settings import Settings
+from layered.reports import stream as stream_report
+from layered.settings import REAL_DEFAULTS, Settings
 from layered.tasks.stream import (
     PassRecord,
     StreamPlan,
@@ -81,7 +80,7 @@ def _dask_client(settings: Settings) -> Iterator[Any]:
     """A client of the scheduler at ``settings.dask_address``, or of a new LocalCluster."""
     from distributed import Client
 
-    from layered.flows.cluster import check_scheduler, local_cluster
+    from layered.cluster import check_scheduler, local_cluster
 
     with contextlib.ExitStack() as stack:
         if settings.dask_address:

@@ -29,11 +29,11 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from layered.cluster import dask_task_runner
 from layered.data.models import load_model, save_model
 from layered.data.store import RunStore, new_run_id
 from layered.flows import lifecycle
-from layered.flows.cluster import dask_task_runner
-from layered.flows.mnist_request import file_sha256, resolve_train
+from layered.mnist_request import file_sha256, resolve_train
 from layered.settings import Settings
 from layered.tasks import report
 from layered.tasks.mnist import train_network

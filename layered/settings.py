@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Settings", "SettingsError", "user_data_dir"]
+__all__ = ["Settings", "SettingsError", "user_data_dir", "RealRunDefaults", "REAL_DEFAULTS"]
 
 ENV_PREFIX = "LAYERED_"
 
@@ -170,3 +170,21 @@ def _parse(name: str, text: str, parser: Callable[[str], object]) -> object:
         return parser(text)
     except ValueError as exc:
         raise SettingsError(f"environment variable {name}={text!r} is invalid: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RealRunDefaults:
+    """Defaults of a real run of the stream experiment (a simulation uses those of
+    :class:`~layered.layering.stream.StreamModel`, the paper's).
+
+    A slot of 20 ms makes a round of a job (S/4 = 6.25 slots) last about 125 ms, well
+    above the 10-20 ms a Dask round trip costs on a small machine.
+    """
+
+    jobs: int = 30
+    time_scale: float = 0.02
+    cols: int = 256
+    deadlines: tuple[float, ...] = (10.0,)
+
+
+REAL_DEFAULTS = RealRunDefaults()

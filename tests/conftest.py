@@ -164,7 +164,7 @@ def prefect_api() -> str:
 @pytest.fixture(scope="session")
 def local_cluster_address(prefect_api) -> str:
     """A LocalCluster of two process workers on 127.0.0.1, as ``layered run`` starts it."""
-    from layered.flows.cluster import local_cluster
+    from layered.cluster import local_cluster
     from layered.settings import Settings
 
     with local_cluster(Settings.from_env()) as cluster:
@@ -303,7 +303,7 @@ def run_matmul(prefect_api):
 
     Returns the flow run's final state.
     """
-    from layered.flows.cluster import dask_task_runner
+    from layered.cluster import dask_task_runner
     from layered.flows.matmul import matmul_flow
     from layered.settings import Settings
 

@@ -103,7 +103,7 @@ def reference_results(model_path, images, rule):
     """The network saved at ``model_path`` and ``layered_inference`` of it on ``images``
     with the paper's partitions, as the mnist flow runs it."""
     from layered.data import load_model, pixels_to_unit
-    from layered.flows.mnist_report import PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS
+    from layered.reports.mnist import PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS
 
     net = Network(**load_model(model_path).to_network_kwargs())
     X = pixels_to_unit(images)

@@ -22,12 +22,12 @@ import zarr
 from conftest import SHARED_MNIST_DIR
 from runs import snapshot
 
+from layered.cli import main
 from layered.data.idx import IdxFormatError, write_idx
 from layered.data.mnist import load_mnist
 from layered.data.store import RunStore
-from layered.flows.cli import main
-from layered.flows.request import MatmulRequest, resolve_matmul
 from layered.layering import Partition, PartitionRangeError, layered_matmul
+from layered.request import MatmulRequest, resolve_matmul
 from layered.settings import Settings
 
 # Every case also names a scheduler nobody runs: an input error must come before it.

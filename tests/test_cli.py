@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from layered.cli import main
 from layered.data.store import RunStore
-from layered.flows.cli import main
-from layered.flows.request import MatmulRequest, resolve_matmul
 from layered.layering import Partition, layered_matmul
+from layered.request import MatmulRequest, resolve_matmul
 from layered.settings import Settings
 
 FIXED_MATMUL_OPTIONS = ["--shape", "--seed", "--operands", "--deadline", "--tolerance",
@@ -65,8 +65,8 @@ def test_help_tells_every_fixed_option(capsys):
 
 @pytest.mark.parametrize("module", [
     "layered.settings", "layered.data.operands", "layered.data.store", "layered.tasks.report",
-    "layered.tasks.matmul", "layered.flows.request", "layered.flows.cluster",
-    "layered.flows.server",
+    "layered.tasks.matmul", "layered.request", "layered.cluster",
+    "layered.server",
 ])
 def test_docstring_examples_of_the_pipeline_modules(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
@@ -167,7 +167,7 @@ def test_embedded_default_runs_on_a_fresh_home_with_no_prefect_api(tmp_path):
         {"resolution", "elapsed_s", "bound", "max_abs_error"}] * 3
     assert "started for this run" in done.stderr
     url = re.search(r"Prefect API: (\S+)", done.stderr).group(1)
-    from layered.flows.server import healthy
+    from layered.server import healthy
 
     assert not healthy(url, timeout=1.0)  # the server it started is gone
     from layered.data.operands import synthetic_operands
@@ -182,7 +182,7 @@ def test_embedded_default_runs_on_a_fresh_home_with_no_prefect_api(tmp_path):
 def test_a_server_started_here_points_its_ui_at_its_own_port(tmp_path):
     """The bundled UI asks /ui-settings where the API is; it must name the port the server
     listens on, not Prefect's default 4200, or the UI shows no runs."""
-    from layered.flows.server import _launch, _stop_group, wait_ready
+    from layered.server import _launch, _stop_group, wait_ready
 
     server = _launch(tmp_path / "prefect-home", "test")
     try:

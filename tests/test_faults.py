@@ -35,9 +35,9 @@ from runs import (
 )
 from worker_hooks import ENV
 
+from layered.cli import main
 from layered.data.operands import synthetic_operands
 from layered.data.store import RunStore, npy_header
-from layered.flows.cli import main
 
 SHAPE = (192, 128, 32)  # 6 row blocks of 32 rows per resolution (3 per worker), 3 resolutions
 BLOCK_ROWS = 32
@@ -67,7 +67,7 @@ def in_background(target):
 
 def cli_command(*args):
     """``layered ARGS`` as a command line of its own process."""
-    return [sys.executable, "-m", "layered.flows.cli", *map(str, args)]
+    return [sys.executable, "-m", "layered.cli", *map(str, args)]
 
 
 def signalled_after_resolution_1(args, store, run_id, prefect_api, signum=signal.SIGKILL):
@@ -296,7 +296,7 @@ def test_a_killed_run_leaves_no_prefect_server_behind(tmp_path):
     starts_a_server = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from layered.flows.server import prefect_api\n"
+        "from layered.server import prefect_api\n"
         "from layered.settings import Settings\n"
         f"with prefect_api(Settings(prefect_home=Path({str(tmp_path)!r}))) as api:\n"
         "    print(api.pid, flush=True)\n"

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from runs import assert_run_matches_layered_inference, reference_results
 
+from layered.cli import main
 from layered.data import load_mnist, pixels_to_unit, save_model, train_model
 from layered.data.models import TrainingRecipe
 from layered.data.store import RunStore
-from layered.flows.cli import main
-from layered.flows.mnist_report import PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS
-from layered.flows.mnist_request import MnistRequest, default_model_path, resolve_mnist
+from layered.mnist_request import MnistRequest, default_model_path, resolve_mnist
+from layered.reports.mnist import PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS
 from layered.settings import Settings
 from layered.tasks.mnist import decide
 
@@ -48,7 +48,7 @@ def small_model(shared_mnist_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_mnist(local_cluster_address, shared_mnist_dir, small_model):
     """``run_mnist(store, **parameters)``: the mnist flow on the LocalCluster; its state."""
-    from layered.flows.cluster import dask_task_runner
+    from layered.cluster import dask_task_runner
     from layered.flows.mnist import mnist_flow
 
     flow = mnist_flow.with_options(task_runner=dask_task_runner(Settings.from_env(),
@@ -256,7 +256,7 @@ def test_resuming_with_another_rule_is_refused(capsys, isolated, shared_mnist_di
     assert "rule: started with 'gray-zone', now 'certified'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["layered.flows.mnist_request", "layered.tasks.mnist"])
+@pytest.mark.parametrize("module", ["layered.mnist_request", "layered.tasks.mnist"])
 def test_docstring_examples_of_the_mnist_pipeline_modules(module):
     import doctest
     import importlib

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from layered.data import RECIPES, load_mnist, pixels_to_unit, save_model, train_model
-from layered.flows.mnist_report import PAPER_INPUT_PARTITION, run_mnist_report
 from layered.layering import Network
+from layered.reports.mnist import PAPER_INPUT_PARTITION, run_mnist_report
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import re
 import numpy as np
 import pytest
 
+from layered.cli import main
 from layered.data import even_odd_labels, load_mnist, load_model, pixels_to_unit
-from layered.flows.cli import main
-from layered.flows.mnist_request import default_model_path, file_sha256
 from layered.layering import Network
+from layered.mnist_request import default_model_path, file_sha256
 from layered.settings import Settings
 
 SUMMARY_KEYS = {"run_id", "status", "task", "path", "test_accuracy", "train_accuracy",
@@ -18,7 +18,7 @@ SUMMARY_KEYS = {"run_id", "status", "task", "path", "test_accuracy", "train_accu
 
 @pytest.fixture(scope="module")
 def runner(local_cluster_address):
-    from layered.flows.cluster import dask_task_runner
+    from layered.cluster import dask_task_runner
 
     return dask_task_runner(Settings.from_env(), local_cluster_address)
 

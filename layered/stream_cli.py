@@ -17,32 +17,13 @@ Examples
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from layered.layering.stream import DEADLINE_RULES, STREAM_LAYERINGS
-from layered.settings import Settings
+from layered.settings import REAL_DEFAULTS, Settings
 
-__all__ = ["REAL_DEFAULTS", "RealRunDefaults", "add_arguments", "run_stream_command",
-           "summary_table"]
-
-
-@dataclass(frozen=True)
-class RealRunDefaults:
-    """Defaults of a real run (a simulation uses :class:`StreamModel`'s, the paper's).
-
-    A slot of 20 ms makes a round of a job (S/4 = 6.25 slots) last about 125 ms, well
-    above the 10-20 ms a Dask round trip costs on a small machine.
-    """
-
-    jobs: int = 30
-    time_scale: float = 0.02
-    cols: int = 256
-    deadlines: tuple[float, ...] = (10.0,)
-
-
-REAL_DEFAULTS = RealRunDefaults()
+__all__ = ["add_arguments", "run_stream_command", "summary_table"]
 
 
 def _slowdown(text: str) -> tuple[str, float]:
@@ -123,7 +104,7 @@ def run_stream_command(args: argparse.Namespace, settings: Settings) -> dict[str
     The flow writes ``summary.json`` and the plots to ``<store>/<run id>``.
     """
     from layered.data.store import new_run_id
-    from layered.flows.server import prefect_api, wait_ready
+    from layered.server import prefect_api, wait_ready
 
     settings = settings.replace(store=args.store, dask_address=args.address,
                                 n_workers=args.n_workers)

@@ -1,6 +1,6 @@
 """What an mnist or train run computes: the user's request, completed and checked before work.
 
-As :mod:`layered.flows.request` does for matmul: a request leaves out what the user did not
+As :mod:`layered.request` does for matmul: a request leaves out what the user did not
 say; :func:`resolve_mnist` fills it from the run being resumed (so ``--run-id ID`` alone
 resumes a run), then from the settings, loads the test split, and loads and checks the
 model. Everything that can be wrong with the input (a missing data directory, a corrupt
@@ -31,12 +31,12 @@ import numpy as np
 
 from layered.data.mnist import even_odd_labels, load_mnist, resolve_data_dir
 from layered.data.models import RECIPES, TASKS, TrainedModel, TrainingRecipe, load_model
-from layered.flows.mnist_report import (
+from layered.layering import Network, Partition, resolve_rule
+from layered.reports.mnist import (
     PAPER_INPUT_PARTITION,
     PAPER_WEIGHT_PARTITIONS,
     layer_partitions,
 )
-from layered.layering import Network, Partition, resolve_rule
 from layered.settings import Settings
 
 __all__ = [

@@ -197,7 +197,7 @@ def _add_report(commands: Any, defaults: Settings) -> None:
 
 
 def _add_stream(pipelines: Any, defaults: Settings) -> None:
-    from layered.flows.stream_cli import add_arguments
+    from layered.stream_cli import add_arguments
 
     p = pipelines.add_parser(
         "stream", help="the stream of matrix-vector jobs with deadlines (METHOD 5)",
@@ -212,7 +212,7 @@ def _add_stream(pipelines: Any, defaults: Settings) -> None:
 
 
 def _run_stream(args: argparse.Namespace, settings: Settings) -> int:
-    from layered.flows.stream_cli import run_stream_command, summary_table
+    from layered.stream_cli import run_stream_command, summary_table
 
     summary = run_stream_command(args, settings)
     print(summary_table(summary))
@@ -264,7 +264,7 @@ def _add_server(commands: Any, defaults: Settings) -> None:
 # ---------------------------------------------------------------------------- commands
 def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
     from layered.data.store import RunStore, new_run_id
-    from layered.flows.request import MatmulRequest, check_limits, resolve_matmul
+    from layered.request import MatmulRequest, check_limits, resolve_matmul
 
     check_limits(args.deadline, args.tolerance, args.block_rows)
     settings = settings.replace(store=args.store, dask_address=args.address,
@@ -292,8 +292,8 @@ def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_mnist(args: argparse.Namespace, settings: Settings) -> int:
     from layered.data.store import RunStore, new_run_id
-    from layered.flows.mnist_request import MnistRequest, resolve_mnist
-    from layered.flows.request import check_limits
+    from layered.mnist_request import MnistRequest, resolve_mnist
+    from layered.request import check_limits
 
     check_limits(args.deadline, None, None)
     settings = settings.replace(store=args.store, dask_address=args.address)
@@ -320,7 +320,7 @@ def _run_mnist(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_train(args: argparse.Namespace, settings: Settings) -> int:
     from layered.data.store import RunStore, new_run_id
-    from layered.flows.mnist_request import resolve_train
+    from layered.mnist_request import resolve_train
 
     settings = settings.replace(store=args.store, dask_address=args.address)
     spec = resolve_train(settings, data_dir=args.data_dir, task=args.task, out=args.out,
@@ -339,8 +339,8 @@ def _run_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _report_mnist(args: argparse.Namespace, settings: Settings) -> int:
-    from layered.flows.mnist_report import run_mnist_report
-    from layered.flows.mnist_request import data_directory
+    from layered.mnist_request import data_directory
+    from layered.reports.mnist import run_mnist_report
 
     data_dir = data_directory(args.data_dir, ("train", "test"))
     report = run_mnist_report(data_dir, args.out, models=(args.model, args.digits_model),
@@ -375,8 +375,8 @@ def _run_flow(
     """Find or start the Prefect API and the cluster, then run the flow; return its state."""
     import importlib
 
-    from layered.flows.cluster import check_scheduler, local_cluster
-    from layered.flows.server import prefect_api, wait_ready
+    from layered.cluster import check_scheduler, local_cluster
+    from layered.server import prefect_api, wait_ready
 
     if settings.dask_address:
         check_scheduler(settings.dask_address, settings.scheduler_timeout_s)
@@ -390,7 +390,7 @@ def _run_flow(
             address = stack.enter_context(local_cluster(settings)).scheduler_address
         wait_ready(api, settings.server_timeout_s)
         flow = getattr(importlib.import_module(module), name)
-        from layered.flows.cluster import dask_task_runner
+        from layered.cluster import dask_task_runner
 
         _say(f"ready after {time.perf_counter() - t0:.1f} s; Dask scheduler {address}")
         t1 = time.perf_counter()
@@ -419,7 +419,7 @@ def _report(summary: dict[str, Any], state: Any, json_path: Path | None) -> int:
 
 
 def _deploy(args: argparse.Namespace, settings: Settings) -> int:
-    from layered.flows.server import prefect_api, start_background, wait_ready
+    from layered.server import prefect_api, start_background, wait_ready
 
     settings = settings.replace(store=args.store, dask_address=args.address)
     if not os.environ.get("PREFECT_API_URL"):
@@ -436,7 +436,7 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _server(args: argparse.Namespace, settings: Settings) -> int:
-    from layered.flows.server import running_server, start_background, stop_background
+    from layered.server import running_server, start_background, stop_background
 
     if args.action == "start":
         server = start_background(settings)
@@ -451,7 +451,7 @@ def _server(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _ui(args: argparse.Namespace, settings: Settings) -> int:
-    from layered.flows.server import start_background
+    from layered.server import start_background
 
     server = start_background(settings)
     print(f"Prefect UI: {server.ui_url}/runs  (stop it with `layered server stop`)")
@@ -472,9 +472,9 @@ def _say(line: str) -> None:
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
+    from layered.cluster import SchedulerUnreachableError
     from layered.data.operands import OperandError
     from layered.data.store import RunStoreError
-    from layered.flows.cluster import SchedulerUnreachableError
 
     return (OperandError, RunStoreError, SchedulerUnreachableError, ValueError, SettingsError)
 
@@ -512,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.addHandler(logging.StreamHandler(sys.stderr))
         progress.setLevel(logging.INFO)
         progress.propagate = False
-    from layered.flows.server import ServerStartError
+    from layered.server import ServerStartError
 
     try:
         with signals.handling((signal.SIGTERM,), _terminate):
