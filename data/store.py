@@ -454,6 +454,14 @@ class Run:
         self.manifest["resolutions"].append(dict(entry))
         self.write_manifest()
 
+    def record_measures(self, name: str, values: Mapping[int, Any]) -> None:
+        """Set field ``name`` of recorded resolutions, ``{resolution: value}`` (a measure
+        taken after them)."""
+        for entry in self.manifest["resolutions"]:
+            if entry["resolution"] in values:
+                entry[name] = values[entry["resolution"]]
+        self.write_manifest()
+
     def record_outcome(self, **fields: Any) -> None:
         """Record how this invocation ended (status, stopped_reason, ...)."""
         self.manifest.update(fields)

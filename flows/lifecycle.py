@@ -34,7 +34,6 @@ from typing import Any
 
 from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
-from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Crashed, State
 from prefect.tasks import Task
@@ -42,26 +41,20 @@ from prefect.tasks import Task
 from layered.cluster import SchedulerLostError, connect_task_runner
 from layered.data.store import Run, RunStore
 from layered.flows import signals
+from layered.task_runner import ClusterTaskRunner
 from layered.tasks import report
 
-__all__ = ["Stop", "Clock", "Publisher", "running", "run_task", "finish", "SETTLE_S"]
-
-# How long a run that stopped at its deadline waits for a task still ending (after the stop).
-SETTLE_S = 30.0
+__all__ = ["Stop", "Clock", "Publisher", "running", "run_task", "finish"]
 
 
 @dataclass(frozen=True)
 class Stop:
-    """Why and when the layering stopped.
-
-    ``state`` is the Cancelled state of a deadline stop; ``unsettled`` a task the flow
-    stopped waiting for at the deadline (it sees the deadline itself and ends Cancelled).
-    """
+    """Why and when the layering stopped; ``state`` is the Cancelled state of a deadline
+    stop."""
 
     reason: str
     at: float
     state: State | None = None
-    unsettled: PrefectFuture[Any] | None = None
 
 
 class Clock:
@@ -170,11 +163,9 @@ def _noting_signals() -> Iterator[list[int]]:
 
 
 def _connect_cluster() -> None:
-    """Connect the flow run's Dask task runner before anything is written (see cluster)."""
-    from prefect_dask import DaskTaskRunner
-
+    """Connect the flow run's cluster before anything is written (see layered.cluster)."""
     context = FlowRunContext.get()
-    if context is not None and isinstance(context.task_runner, DaskTaskRunner):
+    if context is not None and isinstance(context.task_runner, ClusterTaskRunner):
         connect_task_runner(context.task_runner)
 
 
@@ -204,39 +195,24 @@ def _close_dead_invocation(run: Run) -> None:
 def run_task(
     task: Task[..., Any], *args: Any, what: str, run: Run, deadline_at: float | None
 ) -> Any:
-    """Submit ``task(*args)`` to the flow's task runner: its result, or a deadline
-    :class:`Stop`.
+    """Call ``task(*args)`` in the flow's process: its result, or a deadline :class:`Stop`.
 
-    The run stops at the deadline whatever the orchestration's latency: the flow waits for
-    the task until the deadline at most, and not at all if the deadline passed before the
-    task was submitted. A task it stopped waiting for sees the deadline itself (before
-    submitting any block, if it starts late) and ends Cancelled, which is all it was
-    submitted for then: the UI shows the resolution stopped.
+    The task is a Prefect task run (in the UI, named as the task names it) whose blocks run
+    on the Dask cluster; it sees the deadline itself, stops waiting for its blocks when it
+    passes (cancelling those still queued) and ends Cancelled, so the run stops within
+    one block of its deadline.
 
     Raises
     ------
     SchedulerLostError
-        If Dask cancelled the task's future: its client gave up reconnecting to a lost
-        scheduler (after its timeout), or the scheduler restarted and forgot the task.
+        If Dask cancelled the task's blocks: its client gave up reconnecting to a lost
+        scheduler (after its timeout), or the scheduler restarted and forgot them.
     """
-    submitted_at = time.time()
-    future = task.submit(*args)
-    if deadline_at is not None and submitted_at >= deadline_at:
-        late: State = Cancelled(message=f"deadline passed before {what}; stopped")
-        return Stop("deadline", submitted_at, late, future)
-    done = future.wrapped_future.done  # type: ignore[attr-defined]
-    if deadline_at is None:
-        future.wait()
-    while deadline_at is not None and not done() and time.time() < deadline_at:
-        future.wait(deadline_at - time.time())  # (a timed wait may end a little early)
-    if not done():
-        stopped: State = Cancelled(message=f"deadline passed during {what}; stopped")
-        return Stop("deadline", time.time(), stopped, future)
-    future.wait()  # done: takes its final state, if it ended just after the wait timed out
+    state = task(*args, return_state=True)
+    if state.is_cancelled():
+        return Stop("deadline", time.time(), state)
     try:
-        if future.state.is_cancelled():
-            return Stop("deadline", time.time(), future.state)
-        return future.result()
+        return state.result()
     except CancelledError as exc:
         raise SchedulerLostError(
             f"the Dask cluster lost {what} of run {run.run_id!r}: its scheduler stopped"
@@ -260,8 +236,6 @@ def finish(
     reporting after it did. Returns ``summarize(manifest, store)``, or the Cancelled state
     naming the resolution the run kept.
     """
-    if stop.unsettled is not None:  # its Cancelled state, in the UI before the run ends
-        stop.unsettled.wait(SETTLE_S)
     status = "Cancelled" if stop.reason == "deadline" else "Completed"
     entries = run.completed_resolutions()
     plots = plot(entries, run.path / "plots") if entries else []

@@ -1,6 +1,7 @@
 """The layered matmul flow: for each resolution, layer, decide, persist, repeat.
 
-Each resolution is one Prefect task on Dask (row blocks fanned out inside it); after it,
+Each resolution is one Prefect task run in the flow's process whose row blocks run as
+plain Dask tasks on the cluster; after it,
 the flow persists the estimate and its guaranteed bound to the run directory, shows the
 resolution in the UI, and decides whether to stop: at the last resolution, once the bound
 is within the tolerance, or once the deadline has passed (keeping the best resolution so
@@ -54,6 +55,7 @@ from layered.tasks.matmul import (
     StagedResolution,
     decide,
     layer_resolution,
+    measure_errors,
     prepare_operands,
 )
 
@@ -63,9 +65,7 @@ SUMMARY_FIELDS = ("resolution", "elapsed_s", "bound", "max_abs_error")
 
 
 def _flow_run_name() -> str:
-    # run ids made here already read "matmul-<time>-<token>"
-    run_id = flow_run.parameters.get("run_id")
-    return run_id if run_id and run_id.startswith("matmul") else f"matmul-{run_id or 'new'}"
+    return report.run_name("matmul", flow_run.parameters.get("run_id"))
 
 
 @flow(
@@ -126,8 +126,12 @@ def matmul_flow(
     with lifecycle.running(runs, run_id, "matmul", spec.parameters, started_at,
                            deadline_at) as run:
         prepared = _prepare(run, spec, settings, deadline_at)
-        stop = (prepared if isinstance(prepared, Stop)
-                else _layer_resolutions(run, prepared, tolerance, deadline_at))
+        if isinstance(prepared, Stop):
+            stop = prepared
+        else:
+            stop = _layer_resolutions(run, prepared, tolerance, deadline_at)
+            if flops_affordable(spec.shape, settings.error_check_limit):
+                _measure_errors(run, prepared)
         return lifecycle.finish(run, runs, stop, plot=report.plot_matmul,
                                 summarize=matmul_summary, fields=SUMMARY_FIELDS)
 
@@ -168,9 +172,26 @@ def _layer_resolutions(
             entries.append(_persist(run, outcome, staged, clock.elapsed()))
             ui.submit(_show, key, list(entries), total, progress)
             stopped = decide(resolution, total, outcome.bound, tolerance, deadline_at, now)
+            ui.submit(report.announce, report.decision_line(resolution, total, stopped))
             if stopped is not None:
                 return Stop(stopped, now)
     return Stop("completed", time.time())
+
+
+def _measure_errors(run: Run, job: MatmulJob) -> None:
+    """Record ``max_abs_error`` of the resolutions that lack it, against the one-shot
+    float64 product of the truncated operands, computed now (after the layering, so never
+    on its path) on the cluster, and show them in the UI."""
+    entries = [e for e in run.completed_resolutions() if e.get("max_abs_error") is None]
+    if not entries:
+        return
+    estimates = [run.array_path(e["files"]["estimate"]) for e in entries]
+    errors = measure_errors(job, estimates)
+    run.record_measures("max_abs_error", {
+        e["resolution"]: error for e, error in zip(entries, errors, strict=True)
+    })
+    done = run.completed_resolutions()
+    report.publish_table(report.artifact_key("matmul", run.run_id), done, job.order.resolutions)
 
 
 def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Future[UUID]) -> None:
@@ -195,7 +216,7 @@ def _persist(
 def _prepare(
     run: Run, spec: MatmulSpec, settings: Settings, deadline_at: float | None
 ) -> MatmulJob | Stop:
-    """Operands on disk, split into digit files, and the reference product (once per run)."""
+    """Operands on disk and split into digit files (once per run)."""
     w, x = _operand_sources(run, spec)
     job = MatmulJob(
         w, x, spec.pw, spec.px, spec.order,
@@ -203,40 +224,28 @@ def _prepare(
         x_digits=tuple(run.array_path(f"digits/X-{j}.npy") for j in range(spec.px.m)),
         block_rows=settings.block_rows,
     )
-    prepared = run.manifest["prepared"]
-    split = "digits" not in prepared
-    measure = flops_affordable(spec.shape, settings.error_check_limit)
-    reference = measure and "reference" not in prepared
-    if split or reference:
-        staged = _stage_digits(run, job) if split else {}
-        if reference:
-            staged["reference.npy"] = run.stage_array("reference", (spec.shape[0], spec.shape[2]),
-                                                      "<f8")
+    if "digits" not in run.manifest["prepared"]:
+        staged = _stage_digits(run, job)
         staged_job = dataclasses.replace(
             job,
-            w_digits=tuple(staged.get(_rel(run, p), p) for p in job.w_digits),
-            x_digits=tuple(staged.get(_rel(run, p), p) for p in job.x_digits),
+            w_digits=tuple(staged[_rel(run, p)] for p in job.w_digits),
+            x_digits=tuple(staged[_rel(run, p)] for p in job.x_digits),
         )
         outcome = lifecycle.run_task(
-            prepare_operands, staged_job, split, staged.get("reference.npy"), deadline_at,
+            prepare_operands, staged_job, deadline_at,
             what="the operand preparation", run=run, deadline_at=deadline_at,
         )
         if isinstance(outcome, Stop):
             return outcome
         ended_at = time.time()
         files = run.commit_arrays(staged)
-        if split:
-            digits = {k: v for k, v in files.items() if k != "reference"}
-            run.record_prepared("digits", {"off_grid": list(outcome), "files": digits})
-        if reference:
-            run.record_prepared("reference", {"files": {"reference": "reference.npy"}})
+        run.record_prepared("digits", {"off_grid": list(outcome), "files": files})
         if deadline_at is not None and ended_at >= deadline_at:  # kept for a resume
             return Stop("deadline", ended_at, Cancelled(
                 message="deadline passed during the operand preparation; stopped"))
     off_w, off_x = run.manifest["prepared"]["digits"]["off_grid"]
     return dataclasses.replace(
         job,
-        reference=run.array_path("reference.npy") if measure else None,
         truncation=truncation_bound(
             spec.shape[1], spec.pw.resolution if off_w else 0.0,
             spec.px.resolution if off_x else 0.0, *spec.max_abs,

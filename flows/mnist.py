@@ -76,7 +76,7 @@ MODEL_FILE = "model.npz"
 
 
 def _flow_run_name() -> str:
-    return f"mnist-{flow_run.parameters.get('run_id') or 'new'}"
+    return report.run_name("mnist", flow_run.parameters.get("run_id"))
 
 
 @flow(
@@ -171,6 +171,7 @@ def _layer_resolutions(run: Run, job: MnistJob, deadline_at: float | None) -> St
                                     clock.elapsed()))
             ui.submit(_show, key, list(entries), total, progress)
             stopped = decide(resolution, total, entries[-1]["active"], deadline_at, now)
+            ui.submit(report.announce, report.decision_line(resolution, total, stopped))
             if stopped is not None:
                 return Stop(stopped, now)
     return Stop("completed", time.time())

@@ -42,7 +42,7 @@ __all__ = ["train_flow", "train_summary"]
 
 
 def _flow_run_name() -> str:
-    return f"train-{flow_run.parameters.get('run_id') or 'new'}"
+    return report.run_name("train", flow_run.parameters.get("run_id"))
 
 
 @flow(

@@ -19,15 +19,21 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 from layered.settings import Settings
+
+if TYPE_CHECKING:
+    from layered.task_runner import ClusterTaskRunner
 
 __all__ = [
     "SchedulerUnreachableError",
     "SchedulerLostError",
     "check_scheduler",
     "connect_task_runner",
+    "cluster_client",
+    "close_client",
     "local_cluster",
     "dask_task_runner",
 ]
@@ -68,21 +74,56 @@ def _unreachable(address: str, timeout: float, exc: Exception) -> SchedulerUnrea
 
 
 def connect_task_runner(task_runner: Any) -> str:
-    """Connect a flow run's DaskTaskRunner now; return its scheduler's address.
+    """Connect a flow run's :class:`ClusterTaskRunner` now; return its scheduler's address.
 
-    The runner would otherwise connect at the first task, after the flow has written to
+    The runner would otherwise connect at the first block, after the flow has written to
     its run store; connecting first makes an unreachable scheduler a clear error before.
 
     Raises
     ------
     SchedulerUnreachableError
-        If the runner's scheduler does not answer within its client timeout.
+        If the runner's scheduler does not answer within its timeout.
     """
-    try:
-        return str(task_runner.client.scheduler.address)
-    except (OSError, TimeoutError, ValueError) as exc:
-        timeout = float(task_runner.client_kwargs.get("timeout", float("nan")))
-        raise _unreachable(task_runner.address, timeout, exc) from exc
+    return str(task_runner.client.scheduler.address)
+
+
+#: One long-lived client per scheduler address in this process, reused by every flow run
+#: (connecting costs tens of milliseconds, and its first calls more).
+_CLIENTS: dict[str, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def cluster_client(address: str, timeout: float) -> Any:
+    """The process's client of the scheduler at ``address``, connected if need be.
+
+    A client whose scheduler was lost (it gave up reconnecting after ``timeout``) is
+    replaced by a new connection.
+
+    Raises
+    ------
+    SchedulerUnreachableError
+        If nothing answers within ``timeout`` seconds (or the address is malformed).
+    """
+    from distributed import Client
+
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(address)
+        if client is not None and client.status == "running":
+            return client
+        try:
+            client = Client(address, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise _unreachable(address, timeout, exc) from exc
+        _CLIENTS[address] = client
+        return client
+
+
+def close_client(address: str) -> None:
+    """Close the process's client of ``address`` (before its cluster closes)."""
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.pop(address, None)
+    if client is not None:
+        client.close()
 
 
 def _local_cluster_kwargs(settings: Settings) -> dict[str, Any]:
@@ -95,8 +136,8 @@ def _local_cluster_kwargs(settings: Settings) -> dict[str, Any]:
         # unless told otherwise (and a warning when 8787 is taken): any free local port.
         "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"},
         "host": "127.0.0.1",
-        # Workers import the tasks (and prefect, ~2 s) as they start, not at the first task.
-        "preload": ["layered.tasks.matmul"],
+        # Workers import what the blocks run as they start, not at the first block.
+        "preload": ["layered.tasks.matmul", "layered.tasks.mnist"],
     }
 
 
@@ -110,17 +151,13 @@ def local_cluster(settings: Settings, **options: Any) -> Any:
     return LocalCluster(**{**_local_cluster_kwargs(settings), **options})
 
 
-def dask_task_runner(settings: Settings, address: str | None = None) -> Any:
-    """The Prefect DaskTaskRunner for ``address`` (default ``settings.dask_address``).
+def dask_task_runner(settings: Settings, address: str | None = None) -> ClusterTaskRunner:
+    """The task runner of a flow on ``address`` (default ``settings.dask_address``).
 
     With no address, the runner starts a LocalCluster for the flow run and closes it after.
     """
-    from prefect_dask import DaskTaskRunner
+    from layered.task_runner import ClusterTaskRunner
 
     address = address or settings.dask_address
-    if address:
-        timeout = {"timeout": settings.scheduler_timeout_s}
-        return DaskTaskRunner(address=address, client_kwargs=timeout)
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster", cluster_kwargs=_local_cluster_kwargs(settings)
-    )
+    kwargs = None if address else _local_cluster_kwargs(settings)
+    return ClusterTaskRunner(address, kwargs, timeout=settings.scheduler_timeout_s)

@@ -1,10 +1,11 @@
 """Fan-out inside a Prefect task: many small blocks of work on the task's Dask cluster.
 
-A Prefect task costs about 0.2 s on Dask and a block of layered work a few milliseconds,
-so a task runs one resolution and fans its blocks (row blocks of W, chunks of samples) out
-with plain Dask, from the worker it runs on. Deadlines are cooperative: the task stops
-waiting when the deadline passes, cancels the blocks still queued and ends as
-``Cancelled`` (:func:`deadline_state`).
+A Prefect task runs one resolution in the flow's process (a few milliseconds of
+orchestration) and fans its blocks (row blocks of W, chunks of samples) out as plain Dask
+tasks (about a millisecond each) through the flow run's long-lived client (see
+:class:`layered.task_runner.ClusterTaskRunner`); called on a Dask worker, it uses the
+worker's client. Deadlines are cooperative: the task stops waiting when the deadline
+passes, cancels the blocks still queued and ends as ``Cancelled`` (:func:`deadline_state`).
 
 Examples
 --------
@@ -24,7 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from distributed import as_completed, get_client, secede
+from distributed import as_completed, get_client, get_worker, secede
+from prefect.context import FlowRunContext
 from prefect.states import Cancelled, State
 
 __all__ = ["Call", "fan_out", "deadline_state"]
@@ -52,11 +54,7 @@ def fan_out(
     """
     if deadline is not None and time.time() >= deadline:
         return None
-    # Leave the worker's thread pool so the blocks can use its thread, and never rejoin:
-    # rejoining waits for a free thread, i.e. for a running block to end, which would
-    # delay the deadline by up to one block.
-    secede()
-    client = get_client()
+    client = _client()
     token = uuid.uuid4().hex[:8]  # distinct keys for concurrent runs on one cluster
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"]) if pinned else []
     futures = [
@@ -69,12 +67,32 @@ def fan_out(
     ]
     try:
         timeout = None if deadline is None else max(0.0, deadline - time.time())
-        for _ in as_completed(futures, timeout=timeout):
+        for _ in as_completed(futures, timeout=timeout, loop=client.loop):
             pass
     except TimeoutError:
         client.cancel(futures)
         return None
     return list(client.gather(futures))
+
+
+def _client() -> Any:
+    """The client to fan out with: the flow run's (its task runner's), else the worker's.
+
+    On a worker the calling task leaves the worker's thread pool, so the blocks can use
+    its thread, and never rejoins: rejoining waits for a free thread, i.e. for a running
+    block to end, which would delay the deadline by up to one block.
+    """
+    from layered.task_runner import ClusterTaskRunner
+
+    context = FlowRunContext.get()
+    if context is not None and isinstance(context.task_runner, ClusterTaskRunner):
+        return context.task_runner.client
+    try:
+        get_worker()
+    except ValueError:
+        return get_client()
+    secede()
+    return get_client()
 
 
 def deadline_state(what: str, deadline: float) -> State:

@@ -1,8 +1,9 @@
-"""Prefect tasks of the layered matmul pipeline: operand preparation, resolutions, decision.
+"""Prefect tasks of the layered matmul pipeline: operand preparation, resolutions, decision,
+and the measured error.
 
-Each task is worth seconds of work: it runs on a Dask worker and fans the row blocks of W
-out over the cluster with plain Dask (the worker's client), because a Prefect task costs
-about 0.2 s on Dask and a block a few milliseconds. Workers read their rows from the run
+Each task is a Prefect task run in the flow's process (a few milliseconds of
+orchestration) that fans the row blocks of W out over the cluster as plain Dask tasks
+(about a millisecond each). Workers read their rows from the run
 directory (memory-mapped ``.npy``), so operands are never re-sent per resolution, and write
 their rows of the result into files the flow staged. Deadlines are cooperative: the
 absolute deadline travels into the task, which stops waiting when it passes, cancels the
@@ -12,9 +13,9 @@ The arithmetic is :func:`layered.layering.resolution_block`; nothing here comput
 
 Examples
 --------
-The flow calls, for resolution ``r``::
+The flow calls, for resolution ``r`` (in its own process; the blocks run on Dask)::
 
-    future = layer_resolution.submit(job, r, previous, staged, deadline_at)
+    outcome = layer_resolution(job, r, previous, staged, deadline_at)
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "ResolutionOutcome",
     "prepare_operands",
     "layer_resolution",
+    "measure_errors",
     "decide",
     "STOP_REASONS",
 ]
@@ -61,8 +63,6 @@ class MatmulJob:
         One digit file per component (written by :func:`split_operands`).
     block_rows : int
         Rows of W per Dask block.
-    reference : str or None
-        The truncated one-shot product ``W_t @ X_t``, when measured.
     truncation : float
         Bound on ``|W @ X - W_t @ X_t|`` (0 for operands on their partitions' grids).
     reuse : str
@@ -78,7 +78,6 @@ class MatmulJob:
     w_digits: tuple[str, ...]
     x_digits: tuple[str, ...]
     block_rows: int
-    reference: str | None = None
     truncation: float = 0.0
     reuse: str = "auto"
 
@@ -112,7 +111,8 @@ class ResolutionOutcome:
     static_bound : float
         The method's static bound for this resolution.
     max_abs_error : float or None
-        ``max |W_t @ X_t - Ω_r|`` when the reference product was computed.
+        ``max |W_t @ X_t - Ω_r|``, measured after the layering (:func:`measure_errors`);
+        None until then.
     bit_ops, flops : int
         Cost of the resolution (all blocks).
     exact : bool
@@ -165,55 +165,44 @@ def _truncated(source: ArraySource, partition: Partition, stamp: tuple[int, int]
     return partition.truncate(source.read())
 
 
-def _reference_block(job: MatmulJob, out: str, rows: tuple[int, int]) -> None:
-    """Rows of the one-shot float64 product of the truncated operands."""
+def _error_block(job: MatmulJob, estimates: tuple[str, ...], rows: tuple[int, int]
+                 ) -> list[float]:
+    """``max |W_t @ X_t - Ω_r|`` over rows of each estimate, against the float64 one-shot
+    product of the truncated operands (computed here, for these rows)."""
     w_t = job.pw.truncate(job.w.rows(*rows))
     x_t = _truncated(job.x, job.px, file_stamp(job.x.path))
-    target = np.load(out, mmap_mode="r+")
-    target[rows[0] : rows[1]] = w_t @ x_t
-    target.flush()
+    exact = w_t @ x_t
+    return [float(np.max(np.abs(exact - np.load(path, mmap_mode="r")[rows[0] : rows[1]])))
+            for path in estimates]
 
 
 @task(task_run_name="prepare-operands", cache_policy=NO_CACHE)
-def prepare_operands(
-    job: MatmulJob, split: bool, reference: str | None, deadline: float | None
-) -> tuple[bool, bool] | State:
-    """Split W and X into their digit files and compute the reference product, by blocks.
+def prepare_operands(job: MatmulJob, deadline: float | None) -> tuple[bool, bool] | State:
+    """Split W and X into their digit files, by blocks.
 
     Parameters
     ----------
     job : MatmulJob
         ``w_digits`` and ``x_digits`` name the (staged) digit files to fill.
-    split : bool
-        Whether to split (False when a resumed run has its digits).
-    reference : str or None
-        Staged file for ``W_t @ X_t``, or None to skip it.
     deadline : float or None
 
     Returns
     -------
     (bool, bool) or State
-        Whether W and X had values off their partitions' finest grids (False, False when
-        not split), or Cancelled if the deadline passed.
+        Whether W and X had values off their partitions' finest grids, or Cancelled if
+        the deadline passed.
     """
     calls = []
-    if split:
-        for source, partition, name, paths in (
-            (job.w, job.pw, "W", job.w_digits), (job.x, job.px, "X", job.x_digits)
-        ):
-            calls += [Call(f"split-{name}-rows-{a}-{b}", _split_block,
-                           (source, partition, name, paths, (a, b)))
-                      for a, b in job.blocks(source.shape[0])]
-    n_split = len(calls)
-    if reference is not None:
-        calls += [Call(f"reference-rows-{a}-{b}", _reference_block, (job, reference, (a, b)))
-                  for a, b in job.blocks()]
+    for source, partition, name, paths in (
+        (job.w, job.pw, "W", job.w_digits), (job.x, job.px, "X", job.x_digits)
+    ):
+        calls += [Call(f"split-{name}-rows-{a}-{b}", _split_block,
+                       (source, partition, name, paths, (a, b)))
+                  for a, b in job.blocks(source.shape[0])]
     results = fan_out(calls, deadline)
     if results is None:
         return deadline_state("the operand preparation", deadline or 0.0)
-    off_w = any(results[: len(job.blocks())]) if split else False
-    off_x = any(results[len(job.blocks()) : n_split]) if split else False
-    return off_w, off_x
+    return any(results[: len(job.blocks())]), any(results[len(job.blocks()) :])
 
 
 # ------------------------------------------------------------------------ resolutions
@@ -253,12 +242,8 @@ def _layer_block(
         target = np.load(path, mmap_mode="r+")
         target[start:stop] = values
         target.flush()
-    error = None
-    if job.reference is not None:
-        ref = np.load(job.reference, mmap_mode="r")[start:stop]
-        error = float(np.max(np.abs(ref - res.estimate)))
     return ResolutionOutcome(
-        resolution, res.max_bound, res.static_bound, error, res.bit_ops, res.flops, res.exact
+        resolution, res.max_bound, res.static_bound, None, res.bit_ops, res.flops, res.exact
     )
 
 
@@ -294,6 +279,23 @@ def layer_resolution(
     if blocks is None:
         return deadline_state(f"resolution {resolution}", deadline or 0.0)
     return ResolutionOutcome.combine(blocks, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------- measuring
+@task(task_run_name="max-abs-error", cache_policy=NO_CACHE)
+def measure_errors(job: MatmulJob, estimates: Sequence[str]) -> list[float]:
+    """``max |W_t @ X_t - Ω_r|`` of each estimate file, by row blocks on the cluster.
+
+    The float64 one-shot product of the truncated operands is computed block by block and
+    never stored; the flow runs this after the layering, off its path.
+    """
+    blocks = fan_out(
+        [Call(f"max-abs-error-rows-{a}-{b}", _error_block, (job, tuple(estimates), (a, b)))
+         for a, b in job.blocks()],
+        None,
+    )
+    assert blocks is not None  # (no deadline)
+    return [max(errors) for errors in zip(*blocks, strict=True)]
 
 
 # --------------------------------------------------------------------------- decision

@@ -8,6 +8,10 @@ Examples
 --------
 >>> artifact_key("matmul", "My_Run.1")
 'matmul-my-run-1'
+>>> run_name("mnist", "mnist-20260101-1200-ab12"), run_name("mnist", None)
+('mnist-20260101-1200-ab12', 'mnist-new')
+>>> decision_line(2, 3, None), decision_line(3, 3, "completed")
+('decision after resolution 2/3: go on', 'decision after resolution 3/3: stop (completed)')
 >>> progress_line({"resolution": 2, "elapsed_s": 1.5, "bound": 12.0, "max_abs_error": 3.0}, 3)
 '[#############-------] resolution 2/3  bound 12  error 3  at 1.50 s'
 >>> progress_line({"resolution": 1, "elapsed_s": 0.2, "active_fraction": 0.25, "accuracy": 0.9},
@@ -35,6 +39,9 @@ __all__ = [
     "artifact_key",
     "progress_line",
     "announce",
+    "decision_line",
+    "run_name",
+    "publish_table",
     "start_progress",
     "publish_resolution",
     "plot_matmul",
@@ -51,9 +58,17 @@ MNIST_MEASURES = (("active", "active_fraction", ".1%"), ("accuracy", "accuracy",
 progress_logger = logging.getLogger("layered.progress")
 
 
+def run_name(kind: str, run_id: str | None) -> str:
+    """A run's name in the UI: its id, prefixed by ``kind`` unless it already is (ids made
+    by :func:`~layered.data.store.new_run_id` read ``<kind>-<time>-<token>``)."""
+    if run_id and run_id.startswith(f"{kind}-"):
+        return run_id
+    return f"{kind}-{run_id or 'new'}"
+
+
 def artifact_key(kind: str, run_id: str) -> str:
-    """Artifact keys allow lower-case letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9-]+", "-", f"{kind}-{run_id}".lower()).strip("-")
+    """The run's artifact key: its name, in lower-case letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", run_name(kind, run_id).lower()).strip("-")
 
 
 def progress_line(
@@ -72,12 +87,39 @@ def progress_line(
     return "  ".join(parts)
 
 
-def announce(line: str) -> None:
-    """Say ``line`` on the terminal (the CLI shows ``layered.progress``) and in the run log."""
-    progress_logger.info(line)
-    from prefect.logging import get_run_logger
+def decision_line(resolution: int, resolutions: int, stopped: str | None) -> str:
+    """What the decision after ``resolution`` chose: go on, or stop and why."""
+    chose = "go on" if stopped is None else f"stop ({stopped})"
+    return f"decision after resolution {resolution}/{resolutions}: {chose}"
 
-    get_run_logger().info(line)
+
+def announce(line: str) -> None:
+    """Say ``line`` on the terminal (the CLI shows ``layered.progress``) and, at INFO, in
+    the flow run's log in the Prefect UI."""
+    progress_logger.info(line)
+    _run_log().info(line)
+
+
+def _run_log() -> logging.Logger:
+    """A logger whose INFO records go to the Prefect API only (the current run's Logs tab).
+
+    Prefect's run loggers follow ``PREFECT_LOGGING_LEVEL``, which the CLI sets to WARNING
+    to keep the terminal to its progress lines: at that level their INFO records would be
+    dropped, and the UI would show no logs. This one has its own API handler and does not
+    propagate, so the terminal shows each line once (through ``layered.progress``).
+    """
+    logger = logging.getLogger("layered.run")
+    with _RUN_LOG_LOCK:
+        if not logger.handlers:
+            from prefect.logging.handlers import APILogHandler
+
+            logger.addHandler(APILogHandler())
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+    return logger
+
+
+_RUN_LOG_LOCK = threading.Lock()
 
 
 def start_progress(key: str, done: int, total: int) -> UUID:
@@ -96,14 +138,24 @@ def publish_resolution(
     fields: Sequence[str] = ROW_FIELDS, what: str = "guaranteed bound and measured error",
 ) -> None:
     """A table artifact for the latest resolution (all rows so far) and the progress."""
-    from prefect.artifacts import create_table_artifact, update_progress_artifact
+    from prefect.artifacts import update_progress_artifact
+
+    publish_table(key, entries, total, fields, what)
+    update_progress_artifact(progress, 100.0 * int(entries[-1]["resolution"]) / total)
+
+
+def publish_table(
+    key: str, entries: Sequence[Mapping[str, Any]], total: int,
+    fields: Sequence[str] = ROW_FIELDS, what: str = "guaranteed bound and measured error",
+) -> None:
+    """A new version of the run's table artifact: a row per resolution so far."""
+    from prefect.artifacts import create_table_artifact
 
     rows = [{name: entry.get(name) for name in fields} for entry in entries]
     r = int(entries[-1]["resolution"])
     create_table_artifact(
         table=rows, key=key, description=f"resolution {r} of {total}: {what} so far",
     )
-    update_progress_artifact(progress, 100.0 * r / total)
 
 
 def warm_up_plotting() -> None:

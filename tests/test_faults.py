@@ -98,8 +98,8 @@ def shape_args(seed, shape=SHAPE):
 def test_a_worker_killed_mid_resolution_leaves_the_results_identical(
     delayed_cluster, blocks, run_matmul, tmp_path
 ):
-    """SIGKILL the worker process running resolution 2's task (and some of its blocks):
-    Dask reruns them elsewhere, the nanny restarts the worker, the run completes."""
+    """SIGKILL a worker process running blocks of resolution 2: Dask reruns them
+    elsewhere, the nanny restarts the worker, the run completes."""
     from distributed import Client
 
     blocks.set_delay(0.3)
@@ -109,7 +109,7 @@ def test_a_worker_killed_mid_resolution_leaves_the_results_identical(
         time.sleep(0.3)  # a few of its blocks running or done
         with Client(delayed_cluster.address, set_as_default=False) as client:
             host = next(worker for worker, keys in client.processing().items()
-                        if any(str(k).startswith("layer_resolution") for k in keys))
+                        if any(str(k).startswith("resolution-2-rows") for k in keys))
             pid = client.run(os.getpid)[host]
         os.kill(pid, signal.SIGKILL)
         return pid
@@ -163,7 +163,7 @@ def test_a_killed_flow_process_leaves_only_complete_results_and_resumes_where_it
     assert resumed["status"] == "Completed"
     assert {rel: (run_dir / rel).stat().st_mtime_ns for rel in kept} == kept  # not rewritten
     layered_tasks = {name for name in task_run_states(resumed["flow_run_id"])
-                     if not name.startswith("decide")}
+                     if name.startswith("resolution")}
     assert layered_tasks == {f"resolution-{r}" for r in range(len(done) + 1, 4)}
     assert flow_run_state(died["flow_run_id"]) == "Crashed"  # not "Running" forever
     assert not list(run_dir.rglob(".*.tmp")) and not list((run_dir / ".staging").iterdir())
@@ -200,7 +200,7 @@ def test_an_interrupted_flow_process_marks_the_run_crashed_and_it_resumes(
     resumed = assert_matches_layered_matmul(store, run_id, *synthetic_operands(SHAPE, seed=4))
     assert resumed["status"] == "Completed"
     layered_tasks = {name for name in task_run_states(resumed["flow_run_id"])
-                     if not name.startswith("decide")}
+                     if name.startswith("resolution")}
     assert layered_tasks == {f"resolution-{r}" for r in range(len(done) + 1, 4)}
 
 
@@ -381,7 +381,7 @@ def test_a_lost_scheduler_fails_the_run_in_bounded_time_keeping_what_was_persist
     resumed = assert_matches_layered_matmul(store, "lost", W, X)
     assert len(resumed["resolutions"]) == 3
     layered_tasks = {name for name in task_run_states(state.state_details.flow_run_id)
-                     if not name.startswith("decide")}
+                     if name.startswith("resolution")}
     assert layered_tasks == {f"resolution-{r}" for r in range(lost, 4)}
 
 

@@ -261,4 +261,4 @@ def test_resume_computes_only_the_resolutions_not_persisted(
     assert [r["resolution"] for r in manifest["resolutions"]] == [1, 2, 3]
     assert first.stat().st_mtime_ns == before
     names = set(_task_runs(state.state_details.flow_run_id))
-    assert {n for n in names if not n.startswith("decide")} == {"resolution-2", "resolution-3"}
+    assert {n for n in names if n.startswith("resolution")} == {"resolution-2", "resolution-3"}
