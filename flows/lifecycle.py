@@ -32,13 +32,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from distributed.comm import CommClosedError
 from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Crashed, State
 from prefect.tasks import Task
 
-from layered.cluster import SchedulerLostError, connect_task_runner
+from layered.cluster import SchedulerLostError, SchedulerUnreachableError, connect_task_runner
 from layered.data.store import Run, RunStore
 from layered.flows import signals
 from layered.task_runner import ClusterTaskRunner
@@ -205,15 +206,16 @@ def run_task(
     Raises
     ------
     SchedulerLostError
-        If Dask cancelled the task's blocks: its client gave up reconnecting to a lost
-        scheduler (after its timeout), or the scheduler restarted and forgot them.
+        If Dask cancelled the task's blocks (its client gave up reconnecting to a lost
+        scheduler after its timeout, or the scheduler restarted and forgot them), or the
+        scheduler no longer answers.
     """
     state = task(*args, return_state=True)
     if state.is_cancelled():
         return Stop("deadline", time.time(), state)
     try:
         return state.result()
-    except CancelledError as exc:
+    except (CancelledError, CommClosedError, SchedulerUnreachableError) as exc:
         raise SchedulerLostError(
             f"the Dask cluster lost {what} of run {run.run_id!r}: its scheduler stopped"
             f" answering, or restarted and forgot the task ({exc}). The resolutions"

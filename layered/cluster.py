@@ -136,8 +136,9 @@ def _local_cluster_kwargs(settings: Settings) -> dict[str, Any]:
         # unless told otherwise (and a warning when 8787 is taken): any free local port.
         "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"},
         "host": "127.0.0.1",
-        # Workers import what the blocks run as they start, not at the first block.
-        "preload": ["layered.tasks.matmul", "layered.tasks.mnist"],
+        # Workers import what the blocks run as they start, not at the first block (these
+        # modules import no Prefect: about 2 s less per worker start).
+        "preload": ["layered.tasks.matmul_blocks", "layered.tasks.mnist_chunks"],
     }
 
 

@@ -6,8 +6,8 @@ whatever the machine's speed. Started with ``dask worker --preload tests/worker_
 and ``DELAYED_BLOCKS_DIR=DIR`` in its environment, a worker:
 
 - sleeps ``DIR/delay`` seconds (re-read at every block; no file means no pause) before
-  each row block of :func:`layered.tasks.matmul._layer_block` and each chunk of
-  :func:`layered.tasks.mnist._layer_chunk`, which it wraps in place, so the arithmetic and
+  each row block of :func:`layered.tasks.matmul_blocks.layer_block` and each chunk of
+  :func:`layered.tasks.mnist_chunks.layer_chunk`, which it wraps in place, so the arithmetic and
   the code path are production's;
 - touches ``DIR/log/r<resolution>-rows<first row>-pid<worker pid>`` as each one starts.
 
@@ -30,13 +30,13 @@ _LOG_NAME = re.compile(r"^r(\d+)-rows(\d+)-pid(\d+)$")
 
 
 def dask_setup(worker: object) -> None:
-    """Wrap ``_layer_block`` and ``_layer_chunk`` in this worker process (Dask calls this
+    """Wrap ``layer_block`` and ``layer_chunk`` in this worker process (Dask calls this
     at start-up)."""
-    import layered.tasks.matmul as matmul
-    import layered.tasks.mnist as mnist
+    import layered.tasks.matmul_blocks as matmul
+    import layered.tasks.mnist_chunks as mnist
 
     control = Path(os.environ[ENV])
-    original_block, original_chunk = matmul._layer_block, mnist._layer_chunk
+    original_block, original_chunk = matmul.layer_block, mnist.layer_chunk
     if hasattr(original_block, "__wrapped__"):  # preloaded twice in one process
         return
 
@@ -56,8 +56,8 @@ def dask_setup(worker: object) -> None:
         pause(out.resolution, job.chunks()[chunk][0])
         return original_chunk(job, previous, out, chunk, *args, **kwargs)
 
-    matmul._layer_block = delayed_block
-    mnist._layer_chunk = delayed_chunk
+    matmul.layer_block = delayed_block
+    mnist.layer_chunk = delayed_chunk
 
 
 @dataclass(frozen=True)

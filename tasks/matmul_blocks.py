@@ -1,0 +1,199 @@
+"""The work of one row block of the layered matmul pipeline, as it runs on a Dask worker.
+
+Imports numpy and the library only (no Prefect, no Dask), so that workers start quickly
+and preload it (:mod:`layered.cluster`). The Prefect tasks that fan these blocks out are
+:mod:`layered.tasks.matmul`. Workers read their rows from the run directory
+(memory-mapped ``.npy``), so operands are never re-sent per resolution, and write their
+rows of the result into files the flow staged.
+
+The arithmetic is :func:`layered.layering.resolution_block`; nothing here computes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from layered.data.operands import ArraySource, file_stamp, load_split, save_digits
+from layered.layering import Ordering, Partition, SplitOperand, resolution_block
+
+__all__ = [
+    "MatmulJob",
+    "StagedResolution",
+    "ResolutionOutcome",
+    "split_block",
+    "layer_block",
+    "error_block",
+]
+
+
+@dataclass(frozen=True)
+class MatmulJob:
+    """What every block of a layered ``W @ X`` needs, as paths and small value objects.
+
+    Attributes
+    ----------
+    w, x : ArraySource
+        The operands (read by rows).
+    pw, px : Partition
+    order : Ordering
+    w_digits, x_digits : tuple of str
+        One digit file per component (written by :func:`split_operands`).
+    block_rows : int
+        Rows of W per Dask block.
+    truncation : float
+        Bound on ``|W @ X - W_t @ X_t|`` (0 for operands on their partitions' grids).
+    reuse : str
+        Product plan of every block (see :mod:`layered.layering.plan`); a block keeps the
+        products it computed early on its worker until the resolution that adds them.
+    """
+
+    w: ArraySource
+    x: ArraySource
+    pw: Partition
+    px: Partition
+    order: Ordering
+    w_digits: tuple[str, ...]
+    x_digits: tuple[str, ...]
+    block_rows: int
+    truncation: float = 0.0
+    reuse: str = "auto"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.w.shape[0], self.w.shape[1], self.x.shape[1]
+
+    def blocks(self, rows: int | None = None) -> list[tuple[int, int]]:
+        """Row ranges ``(start, stop)`` covering ``rows`` (default: W's rows)."""
+        total = self.w.shape[0] if rows is None else rows
+        return [(s, min(s + self.block_rows, total)) for s in range(0, total, self.block_rows)]
+
+
+@dataclass(frozen=True)
+class StagedResolution:
+    """Staged files a resolution's blocks fill: the estimate and its bound (M x N each)."""
+
+    estimate: str
+    bound: str
+
+
+@dataclass(frozen=True)
+class ResolutionOutcome:
+    """What one resolution task returns to the flow (its arrays are in the staged files).
+
+    Attributes
+    ----------
+    resolution : int
+    bound : float
+        Largest guaranteed elementwise bound on ``|W_t @ X_t - Ω_r|``.
+    static_bound : float
+        The method's static bound for this resolution.
+    max_abs_error : float or None
+        ``max |W_t @ X_t - Ω_r|``, measured after the layering (:func:`measure_errors`);
+        None until then.
+    bit_ops, flops : int
+        Cost of the resolution (all blocks).
+    exact : bool
+        Whether every block was exact arithmetic.
+    task_s : float
+        Wall time of the fan-out inside the task (0 for one block).
+    """
+
+    resolution: int
+    bound: float
+    static_bound: float
+    max_abs_error: float | None
+    bit_ops: int
+    flops: int
+    exact: bool
+    task_s: float = 0.0
+
+    @classmethod
+    def combine(cls, blocks: Sequence[ResolutionOutcome], task_s: float) -> ResolutionOutcome:
+        """The outcome of a whole resolution from those of its row blocks."""
+        errors = [b.max_abs_error for b in blocks if b.max_abs_error is not None]
+        return cls(
+            resolution=blocks[0].resolution,
+            bound=max(b.bound for b in blocks),
+            static_bound=blocks[0].static_bound,
+            max_abs_error=max(errors) if errors else None,
+            bit_ops=sum(b.bit_ops for b in blocks),
+            flops=sum(b.flops for b in blocks),
+            exact=all(b.exact for b in blocks),
+            task_s=task_s,
+        )
+
+
+# --------------------------------------------------------------------------- blocks
+def split_block(
+    source: ArraySource, partition: Partition, name: str, paths: tuple[str, ...],
+    rows: tuple[int, int],
+) -> bool:
+    """Split rows of an operand into digit files; True if any value was off the grid."""
+    block = source.rows(*rows)
+    save_digits(partition.components(block, name=name), paths, rows)
+    if block.dtype.kind in "iu" and partition.points[-1] <= 0:
+        return False  # integers are on every grid of step 2**p, p <= 0
+    return bool(np.any(partition.truncate(block) != block))
+
+
+@functools.lru_cache(maxsize=2)
+def _truncated(source: ArraySource, partition: Partition, stamp: tuple[int, int]) -> np.ndarray:
+    # Cached per worker process: every block of the reference product needs all of X.
+    return partition.truncate(source.read())
+
+
+def error_block(job: MatmulJob, estimates: tuple[str, ...], rows: tuple[int, int]
+                 ) -> list[float]:
+    """``max |W_t @ X_t - Ω_r|`` over rows of each estimate, against the float64 one-shot
+    product of the truncated operands (computed here, for these rows)."""
+    w_t = job.pw.truncate(job.w.rows(*rows))
+    x_t = _truncated(job.x, job.px, file_stamp(job.x.path))
+    exact = w_t @ x_t
+    return [float(np.max(np.abs(exact - np.load(path, mmap_mode="r")[rows[0] : rows[1]])))
+            for path in estimates]
+
+
+@functools.lru_cache(maxsize=2)
+def _x_split(paths: tuple[str, ...], partition: Partition, stamps: tuple) -> SplitOperand:
+    # Cached per worker process: X's digits, kernel conversions and column statistics are
+    # made once and serve every block of every resolution the worker runs.
+    return load_split(paths, partition, "X")
+
+
+#: Per worker process: products a row block computed early for a later resolution (the
+#: product plans of :mod:`layered.layering.plan`), by (digit files, rows) -> (resolution
+#: they are for, products). Losing them (another worker, a restart) costs only reuse.
+_KEPT: OrderedDict[tuple[object, ...], tuple[int, dict]] = OrderedDict()
+_KEPT_ENTRIES = 1024
+
+
+def layer_block(
+    job: MatmulJob, resolution: int, previous: str | None, out: StagedResolution,
+    rows: tuple[int, int],
+) -> ResolutionOutcome:
+    start, stop = rows
+    w = load_split(job.w_digits, job.pw, "W", rows)
+    x = _x_split(job.x_digits, job.px, tuple(file_stamp(p) for p in job.x_digits))
+    prev = None if previous is None else np.load(previous, mmap_mode="r")[start:stop]
+    key = (job.w_digits, job.x_digits, rows)
+    for_resolution, kept = _KEPT.pop(key, (0, {}))
+    res, kept = resolution_block(
+        w, x, job.order, resolution, prev, truncation=job.truncation,
+        kept=kept if for_resolution == resolution else None, reuse=job.reuse,
+    )
+    if kept and resolution < job.order.resolutions:
+        _KEPT[key] = (resolution + 1, kept)
+        while len(_KEPT) > _KEPT_ENTRIES:
+            _KEPT.popitem(last=False)
+    for path, values in ((out.estimate, res.estimate), (out.bound, res.bound)):
+        target = np.load(path, mmap_mode="r+")
+        target[start:stop] = values
+        target.flush()
+    return ResolutionOutcome(
+        resolution, res.max_bound, res.static_bound, None, res.bit_ops, res.flops, res.exact
+    )
