@@ -2,14 +2,10 @@
 
 Each resolution is one Prefect task run in the flow's process that fans the chunks still
 holding active samples out as plain Dask tasks (:mod:`layered.tasks.mnist_chunks`), as
-:mod:`layered.tasks.matmul` does with row blocks. A chunk reads its state of the previous resolution from the run directory, adds one
-resolution (:meth:`~layered.layering.InferencePlan.advance`), freezes samples by the rule
-right there (:meth:`~layered.layering.InferencePlan.decide`: the certified rule needs the
-chunk's stored pre-activations), and writes its new state and its rows of the batch's
-outputs into files the flow staged. The batch-level decision (last resolution, nobody left
-active, deadline passed) is :func:`decide`, run in the flow. Deadlines are cooperative as in
-matmul: the task stops waiting when the deadline passes, cancels the chunks still queued
-and ends as ``Cancelled``.
+:mod:`layered.tasks.matmul` does with row blocks. The batch-level decision (last
+resolution, nobody left active, deadline passed) is :func:`decide`, run in the flow.
+Deadlines are cooperative as in matmul: the task stops waiting when the deadline passes,
+cancels the chunks still queued and ends as ``Cancelled``.
 
 The arithmetic is :mod:`layered.layering.network`; nothing here computes.
 
