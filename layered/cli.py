@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -372,32 +373,81 @@ def _run_pipeline(
 def _run_flow(
     module: str, name: str, call: Callable[[Any], Any], settings: Settings
 ) -> Any:
-    """Find or start the Prefect API and the cluster, then run the flow; return its state."""
+    """Find or start the Prefect API and the cluster, then run the flow; return its state.
+
+    The server, the cluster and the import of the flow (and Prefect) start side by side;
+    at the end the cluster closes while the server stops.
+    """
     import importlib
 
-    from layered.cluster import check_scheduler, local_cluster
+    from layered.cluster import close_client, cluster_client, local_cluster
     from layered.server import prefect_api, wait_ready
 
-    if settings.dask_address:
-        check_scheduler(settings.dask_address, settings.scheduler_timeout_s)
+    if settings.dask_address:  # connected now, and the same client serves the flow
+        cluster_client(settings.dask_address, settings.scheduler_timeout_s)
     t0 = time.perf_counter()
     with ExitStack() as stack:
+        closing = _Background()
+        stack.callback(closing.join)  # last: after the server stopped
         api = stack.enter_context(prefect_api(settings))
         stack.callback(_send_prefect_logs)  # while the API is still up, on any way out
         _say(f"Prefect API: {api.url} ({api.source})")
+        # PREFECT_API_URL is set: Prefect may be imported now, while the server comes up.
+        flow_module = _Background().start(importlib.import_module, module)
         address = settings.dask_address
-        if address is None:  # starts while the server comes up
-            address = stack.enter_context(local_cluster(settings)).scheduler_address
+        if address is None:
+            cluster = local_cluster(settings)
+            address = cluster.scheduler_address
+            stack.callback(closing.start, _close_cluster, cluster, close_client)
+            cluster_client(address, settings.scheduler_timeout_s)
         wait_ready(api, settings.server_timeout_s)
-        flow = getattr(importlib.import_module(module), name)
+        flow = getattr(flow_module.join(), name)
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
         from layered.cluster import dask_task_runner
 
         _say(f"ready after {time.perf_counter() - t0:.1f} s; Dask scheduler {address}")
         t1 = time.perf_counter()
-        state = call(flow.with_options(task_runner=dask_task_runner(settings, address)))
+        # No heartbeats: a run that dies is marked Crashed by the run that resumes it, and
+        # the engine would wait up to a second at the end for the heartbeat thread.
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            state = call(flow.with_options(task_runner=dask_task_runner(settings, address)))
         _say(f"flow run {state.name} after {time.perf_counter() - t1:.1f} s")
     _say(f"done after {time.perf_counter() - t0:.1f} s")
     return state
+
+
+def _close_cluster(cluster: Any, close_client: Callable[[str], None]) -> None:
+    close_client(cluster.scheduler_address)
+    cluster.close()
+
+
+class _Background:
+    """One call on a daemon thread: ``start(fn, *args)``, then ``join()`` for its result
+    (or its exception); ``join`` before ``start`` returns None."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._outcome: dict[str, Any] = {}
+
+    def start(self, fn: Callable[..., Any], *args: Any) -> _Background:
+        def run() -> None:
+            try:
+                self._outcome["value"] = fn(*args)
+            except BaseException as exc:  # re-raised by join
+                self._outcome["error"] = exc
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self) -> Any:
+        if self._thread is None:
+            return None
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome.get("value")
 
 
 def _send_prefect_logs() -> None:

@@ -13,7 +13,12 @@ process (about 6 s each, one SQLite file). Instead, in order of preference:
    orphaned server is left behind by a run that died.
 
 The server's ``PREFECT_HOME`` is ``Settings.prefect_home`` (under the user's data
-directory), with telemetry off (``DO_NOT_TRACK=1``, analytics disabled).
+directory), with telemetry off (``DO_NOT_TRACK=1``, analytics disabled). Once a server
+started here has migrated that database, later servers of the same Prefect version skip
+the migrations (``PREFECT_SERVER_DATABASE_MIGRATE_ON_START=false``, see
+:func:`database_current`), and a server started for one run leaves off the services that
+serve deployments and long-lived servers (:data:`RUN_IDLE_SERVICES`), never the task run
+recorder.
 
 Examples
 --------
@@ -24,6 +29,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import signal
@@ -36,6 +42,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from layered.settings import Settings
 
@@ -49,11 +56,22 @@ __all__ = [
     "stop_background",
     "running_server",
     "wait_ready",
+    "database_current",
     "SERVER_FILE",
 ]
 
 SERVER_FILE = "layered-server.json"
+#: Written once a server started here has migrated its database: the Prefect version and
+#: the database file, so that later servers of that version skip the migrations.
+DATABASE_FILE = "layered-database.json"
 QUIET_ENV = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+#: Services a server started for one run leaves off: scheduling, late and lost runs,
+#: automations and clean-ups serve deployments and long-lived servers. The task run
+#: recorder (task runs reach the UI as events) and the event persister stay on.
+RUN_IDLE_SERVICES = (
+    "SCHEDULER", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS",
+    "REPOSSESSOR", "DB_VACUUM", "CLEANUP_RECONCILER", "TRIGGERS", "EVENT_LOGGER",
+)
 
 
 class ServerStartError(RuntimeError):
@@ -105,12 +123,48 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _server_env(home: Path, port: int) -> dict[str, str]:
+def _server_env(home: Path, port: int, for_run: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_PROFILE")}
     # The bundled UI calls the API at PREFECT_SERVER_UI_API_URL, which otherwise names the
     # default port 4200 whatever port the server listens on.
     env.update(QUIET_ENV, PREFECT_HOME=str(home), PREFECT_SERVER_UI_API_URL=api_url(port))
+    if database_current(home):
+        env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"
+    if for_run:
+        for name in RUN_IDLE_SERVICES:
+            env.setdefault(f"PREFECT_SERVER_SERVICES_{name}_ENABLED", "false")
     return env
+
+
+def _database_stamp(home: Path) -> dict[str, Any] | None:
+    """The installed Prefect version and the identity of the server's SQLite file; None
+    when the server uses another database (it is then migrated as Prefect does)."""
+    if os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL") or os.environ.get(
+            "PREFECT_API_DATABASE_CONNECTION_URL"):
+        return None
+    database = home / "prefect.db"
+    try:
+        info = database.stat()
+    except OSError:
+        return None
+    return {"prefect": importlib.metadata.version("prefect"), "database": str(database),
+            "inode": info.st_ino}
+
+
+def database_current(home: Path) -> bool:
+    """Whether a server of the installed Prefect migrated the database in ``home`` (a new
+    database, or one another version migrated, is migrated as the server starts)."""
+    stamp = _database_stamp(home)
+    try:
+        return stamp is not None and json.loads((home / DATABASE_FILE).read_text()) == stamp
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _note_database_current(home: Path) -> None:
+    stamp = _database_stamp(home)
+    if stamp is not None and not database_current(home):
+        (home / DATABASE_FILE).write_text(json.dumps(stamp))
 
 
 # Run as ``python -c _TIED PARENT_PID -m prefect ...``: asks the kernel for SIGTERM when the
@@ -128,7 +182,8 @@ def _launch(home: Path, source: str, tied: bool = False) -> ApiServer:
     """Start ``prefect server start`` in its own process group on a free port.
 
     ``tied`` (Linux): the kernel stops the server when the thread that called this ends,
-    which for the ``layered`` command is when its process ends, however it ends.
+    which for the ``layered`` command is when its process ends, however it ends; a tied
+    server serves one run, and starts only the services a run needs.
     """
     home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
@@ -138,7 +193,7 @@ def _launch(home: Path, source: str, tied: bool = False) -> ApiServer:
            "--port", str(port)]
     with open(home / "server.log", "ab") as log:
         proc = subprocess.Popen(
-            cmd, env=_server_env(home, port), stdout=log, stderr=subprocess.STDOUT,
+            cmd, env=_server_env(home, port, for_run=tied), stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     return ApiServer(api_url(port), source, proc.pid, home)
@@ -168,6 +223,8 @@ def wait_ready(server: ApiServer, timeout: float) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if healthy(server.url, timeout=1.0):
+            if server.home is not None:
+                _note_database_current(server.home)
             return
         if server.pid is not None and _exited(server.pid):
             break
