@@ -243,7 +243,8 @@ def synthetic_operands(
     """Seeded random integer operands ``W`` (M x K) and ``X`` (K x N).
 
     Values are uniform in ``[-2**(value_bits-1), 2**(value_bits-1))`` (the two's
-    complement range), stored in the smallest integer dtype that holds them.
+    complement range), stored in the smallest integer dtype that holds them. They are
+    those :func:`write_synthetic_operands` writes to files, block by block.
 
     Raises
     ------
@@ -254,12 +255,48 @@ def synthetic_operands(
     m, k, n = check_shape(shape)
     check_seed(seed)
     check_value_bits(value_bits)
-    dtype = np.min_scalar_type(-(2 ** (value_bits - 1)))
-    rng = np.random.default_rng(seed)
-    lo, hi = -(2 ** (value_bits - 1)), 2 ** (value_bits - 1)
-    W = rng.integers(lo, hi, size=(m, k), dtype=dtype)
-    X = rng.integers(lo, hi, size=(k, n), dtype=dtype)
+    W = np.concatenate([b for _, b in _synthetic_blocks((m, k), seed, 0, value_bits)])
+    X = np.concatenate([b for _, b in _synthetic_blocks((k, n), seed, 1, value_bits)])
     return W, X
+
+
+def write_synthetic_operands(
+    shape: Sequence[int], seed: int, value_bits: int, w_path: str, x_path: str
+) -> None:
+    """Fill ``.npy`` files (already of the right shape and dtype, e.g. staged by the run
+    store) with :func:`synthetic_operands`, a block of rows at a time: operands larger
+    than memory are generated to disk."""
+    m, k, n = check_shape(shape)
+    check_seed(seed)
+    for path, dims, which in ((w_path, (m, k), 0), (x_path, (k, n), 1)):
+        target = np.load(path, mmap_mode="r+")
+        for start, block in _synthetic_blocks(dims, seed, which, value_bits):
+            target[start : start + len(block)] = block
+        target.flush()
+        del target
+
+
+def synthetic_dtype(value_bits: int) -> np.dtype:
+    """The dtype of synthetic ``value_bits``-bit operands."""
+    return np.dtype(np.min_scalar_type(-(2 ** (check_value_bits(value_bits) - 1))))
+
+
+#: Bytes of one generated block of synthetic rows.
+_SYNTHETIC_BLOCK_BYTES = 2**26
+
+
+def _synthetic_blocks(
+    dims: tuple[int, int], seed: int, which: int, value_bits: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, rows)`` of a synthetic operand (``which``: 0 for W, 1 for X), each
+    block drawn from its own generator, seeded by ``(seed, which, block)``."""
+    rows, cols = dims
+    dtype = synthetic_dtype(value_bits)
+    lo, hi = -(2 ** (value_bits - 1)), 2 ** (value_bits - 1)
+    step = max(1, _SYNTHETIC_BLOCK_BYTES // (cols * dtype.itemsize))
+    for block, start in enumerate(range(0, rows, step)):
+        rng = np.random.default_rng([seed, which, block])
+        yield start, rng.integers(lo, hi, size=(min(step, rows - start), cols), dtype=dtype)
 
 
 def check_shape(shape: Sequence[int] | None) -> tuple[int, int, int]:

@@ -41,12 +41,24 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
 from layered.cluster import dask_task_runner
-from layered.data.operands import ArraySource, flops_affordable, open_operand, synthetic_operands
+from layered.data.operands import (
+    ArraySource,
+    flops_affordable,
+    open_operand,
+    synthetic_dtype,
+    write_synthetic_operands,
+)
 from layered.data.store import Run, RunStore, new_run_id
 from layered.flows import lifecycle
 from layered.flows.lifecycle import Stop
 from layered.layering.product import truncation_bound
-from layered.request import MatmulRequest, MatmulSpec, check_limits, resolve_matmul
+from layered.request import (
+    MatmulRequest,
+    MatmulSpec,
+    check_limits,
+    check_room,
+    resolve_matmul,
+)
 from layered.settings import Settings
 from layered.tasks import report
 from layered.tasks.matmul import (
@@ -123,6 +135,8 @@ def matmul_flow(
     )
     stored = runs.read_manifest(run_id)
     spec = resolve_matmul(request, settings, stored["parameters"] if stored else None)
+    if stored is None:
+        check_room(spec, settings.store)
     with lifecycle.running(runs, run_id, "matmul", spec.parameters, started_at,
                            deadline_at) as run:
         prepared = _prepare(run, spec, settings, deadline_at)
@@ -275,12 +289,15 @@ def _operand_sources(run: Run, spec: MatmulSpec) -> tuple[ArraySource, ArraySour
     """Operand files; synthetic operands are generated into the run once."""
     if spec.w is not None and spec.x is not None:
         return spec.w, spec.x
-    if "operands" not in run.manifest["prepared"]:
-        W, X = synthetic_operands(spec.shape, spec.request.seed or 0,
-                                  spec.request.value_bits or 8)
-        run.save_array("operands/W.npy", W)
-        run.save_array("operands/X.npy", X)
-        run.record_prepared("operands", {"files": {"W": "operands/W.npy", "X": "operands/X.npy"}})
+    if "operands" not in run.manifest["prepared"]:  # generated to disk, block by block
+        m, k, n = spec.shape
+        value_bits = spec.request.value_bits or 8
+        dtype = synthetic_dtype(value_bits).str
+        staged = {"operands/W.npy": run.stage_array("operands-W", (m, k), dtype),
+                  "operands/X.npy": run.stage_array("operands-X", (k, n), dtype)}
+        write_synthetic_operands(spec.shape, spec.request.seed or 0, value_bits,
+                                 staged["operands/W.npy"], staged["operands/X.npy"])
+        run.record_prepared("operands", {"files": run.commit_arrays(staged)})
     files = run.manifest["prepared"]["operands"]["files"]
     return (open_operand(run.array_path(files["W"]), "W"),
             open_operand(run.array_path(files["X"]), "X"))

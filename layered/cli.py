@@ -265,7 +265,7 @@ def _add_server(commands: Any, defaults: Settings) -> None:
 # ---------------------------------------------------------------------------- commands
 def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
     from layered.data.store import RunStore, new_run_id
-    from layered.request import MatmulRequest, check_limits, resolve_matmul
+    from layered.request import MatmulRequest, check_limits, check_room, resolve_matmul
 
     check_limits(args.deadline, args.tolerance, args.block_rows)
     settings = settings.replace(store=args.store, dask_address=args.address,
@@ -279,6 +279,8 @@ def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
     stored = runs.read_manifest(run_id)
     spec = resolve_matmul(request, settings, stored["parameters"] if stored else None)
     runs.check_resumable(run_id, kind="matmul", parameters=spec.parameters)
+    if stored is None:
+        check_room(spec, settings.store)
 
     def flow_call(flow: Any) -> Any:
         return flow(

@@ -16,9 +16,14 @@ Examples
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from layered.data.operands import (
     ArraySource,
@@ -29,12 +34,14 @@ from layered.data.operands import (
     check_value_bits,
     open_operand,
     scan_operand,
+    synthetic_dtype,
 )
 from layered.data.store import RunStoreError
 from layered.layering import Ordering, Partition, PartitionRangeError, resolve_ordering
 from layered.settings import Settings
 
-__all__ = ["MatmulRequest", "MatmulSpec", "resolve_matmul", "check_limits"]
+__all__ = ["MatmulRequest", "MatmulSpec", "resolve_matmul", "check_limits", "check_room",
+           "RunTooLargeError"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,10 @@ def _fill(request: MatmulRequest, values: Mapping[str, Any]) -> MatmulRequest:
     return MatmulRequest(**{k: own[k] if own[k] is not None else values.get(k) for k in own})
 
 
+class RunTooLargeError(ValueError):
+    """A run needs more than the machine has (what it needs against what it has)."""
+
+
 @dataclass(frozen=True)
 class MatmulSpec:
     """A checked matmul run: operands, partitions, ordering, and its manifest parameters.
@@ -243,6 +254,48 @@ def resolve_matmul(
         "partition_x": list(px.points),
     }
     return MatmulSpec(req, shape, pw, px, order, w, x, max_abs, parameters)
+
+
+def check_room(spec: MatmulSpec, store: str | os.PathLike[str]) -> int:
+    """Bytes a new run of ``spec`` writes to ``store``; an error if its disk lacks them.
+
+    A run writes synthetic operands (generated to disk block by block), the digit files of
+    both operands, and per resolution its estimate and bound (float64, M x N each). The
+    workers need only a block of rows in memory at a time, so disk is what bounds a run.
+
+    Raises
+    ------
+    RunTooLargeError
+        If the free space of the store's file system is less than what the run writes,
+        naming the option (``--shape`` or ``--operands``) and both figures.
+    """
+    m, k, n = spec.shape
+    digits = sum(d.dtype.itemsize for d in spec.pw.components(np.zeros((1, 1))).digits) * m * k
+    digits += sum(d.dtype.itemsize for d in spec.px.components(np.zeros((1, 1))).digits) * k * n
+    operands = 0
+    if spec.w is None:
+        itemsize = synthetic_dtype(spec.request.value_bits or 8).itemsize
+        operands = itemsize * (m * k + k * n)
+    results = 2 * 8 * m * n * spec.order.resolutions
+    needed = operands + digits + results
+    where = Path(store)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        option = ("--operands" if spec.w is not None
+                  else "--shape " + " ".join(map(str, spec.shape)))
+        raise RunTooLargeError(
+            f"{option}: the run writes about {_gib(needed)} to {store} (operands"
+            f" {_gib(operands)}, digit files {_gib(digits)}, results {_gib(results)}), and"
+            f" {where} has {_gib(free)} free; free some space, give a smaller shape, or"
+            " --store on a larger disk"
+        )
+    return needed
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB"
 
 
 def _check_synthetic_range(top: float, explicit: Partition | None) -> None:

@@ -7,6 +7,7 @@ Prefect API is chosen.
 Examples
 --------
 >>> import argparse
+import math
 >>> parser = argparse.ArgumentParser()
 >>> add_arguments(parser)
 >>> args = parser.parse_args(["--simulate", "--slowdown", "1=3", "--deadlines", "5", "10"])
@@ -17,13 +18,14 @@ Examples
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
 from layered.layering.stream import DEADLINE_RULES, STREAM_LAYERINGS
 from layered.settings import REAL_DEFAULTS, Settings
 
-__all__ = ["add_arguments", "run_stream_command", "summary_table"]
+__all__ = ["add_arguments", "check_options", "run_stream_command", "summary_table"]
 
 
 def _slowdown(text: str) -> tuple[str, float]:
@@ -98,14 +100,55 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse options the experiment cannot run with, naming the option.
+
+    Raises
+    ------
+    ValueError
+        ``--jobs``, ``--tasks``, ``--workers``, ``--cols`` or ``--n-workers`` below 1,
+        ``--rate``, ``--time-scale`` or a ``--slowdown`` factor not a finite number > 0,
+        ``--gamma`` or a deadline not a finite number >= 0, or a ``--data-dir`` that is
+        not a directory.
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> check_options(parser.parse_args(["--simulate", "--deadlines", "-3"]))
+    Traceback (most recent call last):
+    ...
+    ValueError: --deadlines: every deadline must be a finite number >= 0 (slots), got -3
+    """
+    for option, value in (("--jobs", args.jobs), ("--tasks", args.tasks),
+                          ("--workers", args.workers), ("--cols", args.cols),
+                          ("--n-workers", args.n_workers)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option}: must be an integer >= 1, got {value}")
+    for option, number in (("--rate", args.rate), ("--time-scale", args.time_scale),
+                           *(("--slowdown", factor) for _, factor in args.slowdown)):
+        if not (math.isfinite(number) and number > 0):
+            raise ValueError(f"{option}: must be a finite number > 0, got {number:g}")
+    if not (math.isfinite(args.gamma) and args.gamma >= 0):
+        raise ValueError(f"--gamma: must be a finite number >= 0, got {args.gamma:g}")
+    for deadline in args.deadlines or ():
+        if not (math.isfinite(deadline) and deadline >= 0):
+            raise ValueError("--deadlines: every deadline must be a finite number >= 0"
+                             f" (slots), got {deadline:g}")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise ValueError(f"--data-dir: {args.data_dir} is not a directory")
+
+
 def run_stream_command(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Run the stream flow for parsed options; return its summary.
 
-    The flow writes ``summary.json`` and the plots to ``<store>/<run id>``.
+    The options are checked first (:func:`check_options`), before anything starts. The
+    flow writes ``summary.json`` and the plots to ``<store>/<run id>``.
     """
     from layered.data.store import new_run_id
     from layered.server import prefect_api, wait_ready
 
+    check_options(args)
     settings = settings.replace(store=args.store, dask_address=args.address,
                                 n_workers=args.n_workers)
     out = Path(settings.store) / (args.run_id or new_run_id("stream"))

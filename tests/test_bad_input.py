@@ -155,6 +155,10 @@ OPTION_CASES = {
     "negative tolerance": (["--tolerance", "-1"], r"tolerance must be a number >= 0"),
     "NaN tolerance": (["--tolerance", "nan"], r"tolerance must be a number >= 0 .* got nan"),
     "run id with a slash": (["--run-id", "../elsewhere"], r"invalid run id '\.\./elsewhere'"),
+    "larger than the disk": (["--shape", "200000000", "200000", "10"],
+                             r"--shape 200000000 200000 10: the run writes about [\d.]+ GiB"
+                             r" to .* \(operands [\d.]+ GiB, digit files [\d.]+ GiB, results"
+                             r" [\d.]+ GiB\), and .* has [\d.]+ GiB free"),
 }
 
 
@@ -162,6 +166,28 @@ OPTION_CASES = {
 def test_bad_options_are_refused_naming_the_problem(capsys, isolated, case):
     options, problem = OPTION_CASES[case]
     err = refused(capsys, isolated, "run", "matmul", "--shape", "8", "6", "4", *options)
+    assert re.search(problem, err), err
+
+
+STREAM_CASES = {
+    "negative deadline": (["--simulate", "--deadlines", "10", "-3"],
+                          r"--deadlines: every deadline must be a finite number >= 0 \(slots\),"
+                          r" got -3"),
+    "infinite deadline": (["--simulate", "--deadlines", "inf"], r"--deadlines: .* got inf"),
+    "no jobs": (["--simulate", "--jobs", "0"], r"--jobs: must be an integer >= 1, got 0"),
+    "zero rate": (["--simulate", "--rate", "0"], r"--rate: must be a finite number > 0, got 0"),
+    "negative gamma": (["--gamma", "-1"], r"--gamma: must be a finite number >= 0, got -1"),
+    "zero time scale": (["--time-scale", "0"], r"--time-scale: must be a finite number > 0"),
+    "slowdown of zero": (["--slowdown", "1=0"], r"--slowdown: must be a finite number > 0"),
+    "no workers": (["--n-workers", "0"], r"--n-workers: must be an integer >= 1, got 0"),
+    "missing data": (["--data-dir", "nowhere/at/all"], r"--data-dir: nowhere/at/all is not a"),
+}
+
+
+@pytest.mark.parametrize("case", STREAM_CASES, ids=list(STREAM_CASES))
+def test_bad_stream_options_are_refused_before_anything_starts(capsys, isolated, case):
+    options, problem = STREAM_CASES[case]
+    err = refused(capsys, isolated, "run", "stream", *options)
     assert re.search(problem, err), err
 
 

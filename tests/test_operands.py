@@ -125,3 +125,21 @@ def test_digit_files_written_by_row_blocks_load_as_the_split_operand(tmp_path):
     rows = load_split(paths, p, "W", rows=(2, 5))
     assert rows.shape == (3, 6)
     assert np.array_equal(rows.components.digits[1], reference.components.digits[1][2:5])
+
+
+def test_synthetic_operands_written_block_by_block_equal_those_made_in_memory(
+    tmp_path, monkeypatch
+):
+    import layered.data.operands as operands
+
+    monkeypatch.setattr(operands, "_SYNTHETIC_BLOCK_BYTES", 64)  # W in 6 blocks of <= 9 rows
+    shape, dtype = (50, 7, 3), operands.synthetic_dtype(8)
+    paths = [str(tmp_path / name) for name in ("w.npy", "x.npy")]
+    for path, dims in zip(paths, [(50, 7), (7, 3)], strict=True):
+        np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=dims).flush()
+    operands.write_synthetic_operands(shape, 4, 8, *paths)
+    W, X = operands.synthetic_operands(shape, 4)
+    assert np.array_equal(np.load(paths[0]), W) and np.array_equal(np.load(paths[1]), X)
+    assert W.dtype == np.int8 and W.min() >= -128 and W.max() <= 127
+    assert len({tuple(W[i]) for i in range(50)}) == 50  # no block repeats another
+    assert not np.array_equal(W, operands.synthetic_operands(shape, 5)[0])
