@@ -262,3 +262,44 @@ def test_resume_computes_only_the_resolutions_not_persisted(
     assert first.stat().st_mtime_ns == before
     names = set(_task_runs(state.state_details.flow_run_id))
     assert {n for n in names if n.startswith("resolution")} == {"resolution-2", "resolution-3"}
+
+
+def test_the_prefect_api_shows_a_log_line_and_task_runs_per_resolution_under_one_prefix(
+    local_cluster_address, run_matmul, tmp_path
+):
+    """What the UI reads: the flow run's Logs tab has a line per resolution and per
+    decision (as the terminal shows them), the task runs resolution-r and decide-r are
+    recorded, and the run and its artifacts are named ``matmul-<id>``, not
+    ``matmul-matmul-<id>``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogWorker
+
+    run_id = "matmul-ui-check"
+    state = run_matmul(local_cluster_address, shape=[96, 64, 16], seed=1, run_id=run_id,
+                       store=str(tmp_path / "runs"))
+    assert state.is_completed(), state.message
+    APILogWorker.drain_all(timeout=10)
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        logs = [log.message for log in client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    assert flow_run.name == run_id
+    for r in (1, 2, 3):
+        assert sum(f"] resolution {r}/3  bound" in line for line in logs) == 1, logs
+        chose = "stop (completed)" if r == 3 else "go on"
+        assert f"decision after resolution {r}/3: {chose}" in logs, logs
+    names = _task_runs(flow_run_id)
+    assert {f"resolution-{r}" for r in (1, 2, 3)} <= set(names)
+    assert {f"decide-{r}" for r in (1, 2, 3)} <= set(names)
+    assert all(names[n] == "Completed" for n in names), names
+    keys = {a.key for a in artifacts if a.key}
+    assert keys == {run_id, f"{run_id}-progress", f"{run_id}-summary"}, keys
