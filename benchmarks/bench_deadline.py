@@ -12,8 +12,8 @@ measures:
 
 and prints their distributions (min, median, p90, max) in seconds and in blocks: ``late``
 in units of the median duration of a resolution's row block, ``tail`` in units of the
-median duration of blocks of the kind that ended last (a resolution block, or a split or
-reference block of the operand preparation), all from the task stream. The pipeline
+median duration of blocks of the kind that ended last (a resolution block, or a split
+block of the operand preparation), all from the task stream. The pipeline
 promises both within one block.
 
 Usage::
@@ -49,7 +49,7 @@ def quantiles(values: list[float]) -> dict[str, float]:
             "max": ordered[-1]}
 
 
-BLOCK_KINDS = ("resolution", "split", "reference")
+BLOCK_KINDS = ("resolution", "split")
 
 
 def block_spans(client: Any, since: float, until: float) -> list[tuple[str, float, float]]:

@@ -153,7 +153,7 @@ def main() -> None:
           f" truncated product: {exact}; a worker restarted: {restarted}")
     layering = [entry["elapsed_s"] for entry in manifest["resolutions"]]
     prepare = manifest["stopped_at"] - manifest["started_at"] - layering[-1]
-    print(f"in the flow: operand preparation (split to digit files, reference product)"
+    print(f"in the flow: operand preparation (split to digit files)"
           f" {prepare:.1f} s, then resolutions done at " + ", ".join(
               f"{seconds:.1f}" for seconds in layering) + " s of layering")
     print(f"one-shot float64 W @ X by the same row blocks, in one process: {baseline_s:.2f} s,"

@@ -1,21 +1,27 @@
-"""Start-up time and orchestration overhead of ``layered run matmul`` at its embedded default.
+"""Start-up time and orchestration overhead of ``layered run``, as a user runs it.
 
-Runs, in one go:
+Prints, in one run (each ``layered`` invocation a fresh process, as a user would type it):
 
-1. the pure computation: :func:`layered_matmul` on the default operands in this process
-   (best of ``--repeats``), the reference for the overhead;
-2. ``layered run matmul`` three times as a user would, each a fresh process: on a new
-   Prefect home (first run: the server creates its database), on the same home again
-   (later run: the server starts on an existing database), and with a server kept up by
-   ``layered server start`` (reused);
+1. the default ``layered run matmul`` end to end: on a new Prefect home (the server
+   creates its database), on that home again (a later run, no server kept up), and with
+   ``layered server start`` kept up (median of ``--repeats``);
+2. per-resolution orchestration with the server kept up: the flow's time between
+   resolutions (the manifest's ``elapsed_s``) minus the time the same resolution takes in
+   :func:`layered_matmul` on the same operands in this process, median over resolutions
+   and repeats;
+3. the overhead ``(flow wall - compute) / compute`` at 4096 x 4096 x 1024 and at the
+   default 2048 x 2048 x 512, the flow's wall time against the pure computation (the
+   whole :func:`layered_matmul`), measured interleaved, median of ``--repeats``;
+4. the default ``layered run mnist`` end to end on an existing home (its model trained
+   once first, not timed).
 
-and prints, per run, the start-up (command start until the flow can start: Prefect API and
-local Dask cluster), the flow run's wall time, and the overhead ratio
-``(flow wall - compute) / compute``.
+with the targets of each figure, the CPU model and flags, and the load average before and
+after (other processes on the machine inflate every figure).
 
 Usage::
 
-    python benchmarks/bench_pipeline.py [--shape 2048 2048 512] [--repeats 3] [--json out.json]
+    python benchmarks/bench_pipeline.py [--repeats 3] [--data-dir ../shared/data/mnist]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -24,37 +30,62 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from layered.data.operands import synthetic_operands
 from layered.layering import Partition, layered_matmul
 from layered.settings import Settings
 
 LAYERED = str(Path(sys.executable).with_name("layered"))
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+LARGE = (4096, 4096, 1024)
 
 
-def compute_seconds(shape: tuple[int, int, int], repeats: int) -> float:
-    """Best wall time of the whole layered product, all resolutions, in this process."""
+def cpu_line() -> str:
+    """The CPU model, its SIMD flags of note, and the cores."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    noted = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16") if f in flags]
+    return f"{model}; {os.cpu_count()} cores; flags {' '.join(noted) or 'none of note'}"
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def library_times(shape: tuple[int, int, int]) -> list[float]:
+    """Seconds each resolution takes in :func:`layered_matmul` on the default operands."""
     settings = Settings.from_env()
     W, X = synthetic_operands(shape, settings.seed, settings.value_bits)
     p = Partition.auto([2.0 ** (settings.value_bits - 1)], settings.bits)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _res in layered_matmul(W, X, p, p, ordering=settings.ordering):
-            pass
-        best = min(best, time.perf_counter() - t0)
-    return best
+    times, t0 = [], time.perf_counter()
+    for _res in layered_matmul(W, X, p, p, ordering=settings.ordering):
+        now = time.perf_counter()
+        times.append(now - t0)
+        t0 = now
+    return times
 
 
-def timed_run(args: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Run ``layered ARGS``; the start-up, flow and total seconds it reports and takes."""
+def timed_run(args: list[str], env: dict[str, str], summary: Path | None = None
+              ) -> dict[str, Any]:
+    """Run ``layered ARGS``: its end-to-end seconds, the start-up and flow seconds it
+    reports, and (with ``summary``) the resolutions' ``elapsed_s`` of its run summary."""
+    extra = ["--json", str(summary)] if summary is not None else []
     t0 = time.perf_counter()
-    done = subprocess.run([LAYERED, *args], env=env, capture_output=True, text=True)
+    done = subprocess.run([LAYERED, *args, *extra], env=env, capture_output=True, text=True)
     total = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"layered {' '.join(args)} failed:\n{done.stderr}")
@@ -63,42 +94,89 @@ def timed_run(args: list[str], env: dict[str, str]) -> dict[str, float]:
         match = re.search(pattern, done.stderr)
         return float(match.group(1)) if match else float("nan")
 
-    return {
+    row: dict[str, Any] = {
         "startup_s": seconds(r"ready after ([\d.]+) s"),
         "flow_s": seconds(r"flow run \w+ after ([\d.]+) s"),
         "total_s": total,
     }
+    if summary is not None:
+        row["elapsed_s"] = [r["elapsed_s"] for r in json.loads(summary.read_text())["resolutions"]]
+    return row
+
+
+def steps(elapsed: list[float]) -> list[float]:
+    """Seconds of each resolution from the cumulative ``elapsed_s``."""
+    return [b - a for a, b in zip([0.0, *elapsed], elapsed, strict=False)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=list(Settings().shape))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    shape = tuple(args.shape)
-    compute = compute_seconds(shape, args.repeats)
+    default = tuple(Settings().shape)
+    print(f"CPU: {cpu_line()}")
+    print(f"load average before: {load()}")
+    results: dict[str, Any] = {"cpu": cpu_line(), "load_before": load()}
     with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        env = {k: v for k, v in os.environ.items()
+               if k != "PREFECT_API_URL" and not k.startswith("LAYERED_")}
         env.update(LAYERED_PREFECT_HOME=f"{tmp}/prefect", LAYERED_STORE=f"{tmp}/runs")
-        run = ["run", "matmul", "--shape", *map(str, shape)]
-        rows = {"first run (new Prefect home)": timed_run(run, env),
-                "later run (existing home)": timed_run(run, env)}
-        subprocess.run([LAYERED, "server", "start"], env=env, check=True,
-                       capture_output=True)
+        matmul = ["run", "matmul"]
+        fresh = timed_run(matmul, env)
+        existing = [timed_run(matmul, env) for _ in range(args.repeats)]
+        mnist = ["run", "mnist", "--data-dir", str(args.data_dir)]
+        subprocess.run([LAYERED, "run", "train", "--data-dir", str(args.data_dir)], env=env,
+                       check=True, capture_output=True)
+        mnist_runs = [timed_run(mnist, env) for _ in range(args.repeats)]
+        subprocess.run([LAYERED, "server", "start"], env=env, check=True, capture_output=True)
         try:
-            rows["server kept up (layered server start)"] = timed_run(run, env)
+            kept, orchestration, overhead = [], [], {default: [], LARGE: []}
+            for i in range(args.repeats):
+                row = timed_run(matmul, env, Path(tmp) / f"kept-{i}.json")
+                kept.append(row)
+                library = library_times(default)
+                orchestration += [f - c for f, c in
+                                  zip(steps(row["elapsed_s"]), library, strict=True)]
+                for shape in (default, LARGE):
+                    compute = sum(library) if shape == default else sum(library_times(shape))
+                    flow = (row if shape == default else timed_run(
+                        [*matmul, "--shape", *map(str, shape)], env))["flow_s"]
+                    overhead[shape].append((flow - compute) / compute)
         finally:
             subprocess.run([LAYERED, "server", "stop"], env=env, capture_output=True)
-    print(f"shape {shape}: pure layered_matmul compute {compute:.2f} s (best of {args.repeats})")
-    print(f"{'run':40s} {'start-up s':>10s} {'flow s':>8s} {'total s':>8s} {'overhead':>9s}")
-    for name, row in rows.items():
-        row["overhead"] = (row["flow_s"] - compute) / compute
-        print(f"{name:40s} {row['startup_s']:10.1f} {row['flow_s']:8.1f} {row['total_s']:8.1f}"
-              f" {row['overhead']:9.0%}")
+
+    def median(rows: list[dict[str, Any]], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    lines = [
+        ("default matmul, new Prefect home (s)", fresh["total_s"], "<= 25"),
+        ("default matmul, existing home (s)", median(existing, "total_s"), "<= 12"),
+        ("default matmul, server kept up (s)", median(kept, "total_s"), "<= 6"),
+        ("orchestration per resolution, kept up (ms)",
+         1000 * statistics.median(orchestration), "<= 50"),
+        ("overhead at 4096x4096x1024", statistics.median(overhead[LARGE]), "<= 10%"),
+        ("overhead at 2048x2048x512 (default)", statistics.median(overhead[default]), "<= 50%"),
+        ("default mnist, existing home (s)", median(mnist_runs, "total_s"), "<= 10"),
+    ]
+    print(f"repeats {args.repeats} (medians); end to end = the command's process, start to exit")
+    print(f"{'figure':46s} {'measured':>10s} {'target':>8s}")
+    for name, value, target in lines:
+        shown = f"{value:.0%}" if "overhead" in name else f"{value:.2f}"
+        print(f"{name:46s} {shown:>10s} {target:>8s}")
+    print("start-up (until the flow can start) and flow seconds, medians:"
+          f" new home {fresh['startup_s']:.1f} + {fresh['flow_s']:.1f},"
+          f" existing {median(existing, 'startup_s'):.1f} + {median(existing, 'flow_s'):.1f},"
+          f" kept up {median(kept, 'startup_s'):.1f} + {median(kept, 'flow_s'):.1f},"
+          f" mnist {median(mnist_runs, 'startup_s'):.1f} + {median(mnist_runs, 'flow_s'):.1f}")
+    print(f"load average after: {load()}")
     if args.json:
-        args.json.write_text(json.dumps({"shape": shape, "compute_s": compute, "runs": rows},
-                                        indent=2))
+        results.update(fresh=fresh, existing=existing, kept=kept, mnist=mnist_runs,
+                       orchestration_s=orchestration,
+                       overhead={"x".join(map(str, k)): v for k, v in overhead.items()},
+                       figures={name: value for name, value, _ in lines}, load_after=load())
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

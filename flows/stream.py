@@ -8,8 +8,7 @@ with the simulation of its very same draws. Either way the flow writes ``summary
 and two PNG plots to its output directory and shows a table artifact per resolution.
 
 The flow drives the cluster with plain ``distributed`` from the flow process (a mini-job
-lasts milliseconds, far below a Prefect task's cost on Dask), so it uses Prefect's
-default task runner, not a DaskTaskRunner.
+lasts milliseconds), so it uses Prefect's default task runner.
 
 Examples
 --------

@@ -1,6 +1,7 @@
 """The train flow: train the model the mnist flow uses, save it atomically with its metadata.
 
-One task, :func:`layered.tasks.mnist.train_network`, runs on Dask: the worker reads the
+One task, :func:`layered.tasks.mnist.train_network`, runs the training as a Dask task on a
+worker: the worker reads the
 training split itself (nothing large goes through the scheduler), and its BLAS is pinned to
 one thread, which for these small layers trains 3-5 times faster than two threads (even/odd
 about 9 s instead of 27 s, digits 24 s instead of 122 s, measured on 2 cores); with

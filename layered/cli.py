@@ -408,14 +408,14 @@ def _run_flow(
 
         from layered.cluster import dask_task_runner
 
-        _say(f"ready after {time.perf_counter() - t0:.1f} s; Dask scheduler {address}")
+        _say(f"ready after {time.perf_counter() - t0:.2f} s; Dask scheduler {address}")
         t1 = time.perf_counter()
         # No heartbeats: a run that dies is marked Crashed by the run that resumes it, and
         # the engine would wait up to a second at the end for the heartbeat thread.
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             state = call(flow.with_options(task_runner=dask_task_runner(settings, address)))
-        _say(f"flow run {state.name} after {time.perf_counter() - t1:.1f} s")
-    _say(f"done after {time.perf_counter() - t0:.1f} s")
+        _say(f"flow run {state.name} after {time.perf_counter() - t1:.2f} s")
+    _say(f"done after {time.perf_counter() - t0:.2f} s")
     return state
 
 
