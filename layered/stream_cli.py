@@ -7,7 +7,6 @@ Prefect API is chosen.
 Examples
 --------
 >>> import argparse
-import math
 >>> parser = argparse.ArgumentParser()
 >>> add_arguments(parser)
 >>> args = parser.parse_args(["--simulate", "--slowdown", "1=3", "--deadlines", "5", "10"])
