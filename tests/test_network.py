@@ -327,7 +327,8 @@ def test_a_restored_state_is_the_saved_one(reference_net, mnist_like):
     for a, b in zip((*state.H, *state.Z), (*restored.H, *restored.Z), strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     truncated = PIXELS.truncate(mnist_like(10, 40), 2)
-    np.testing.assert_array_equal(restored.H[0], truncated[restored.samples])
+    np.testing.assert_array_equal(plan.input_prefix(2, restored.samples),
+                                  truncated[restored.samples])
 
 
 def test_steps_refuse_states_that_do_not_fit(reference_net, mnist_like):
