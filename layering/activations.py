@@ -127,7 +127,9 @@ class PiecewiseLinear:
         out = pieces[0]
         for piece in pieces[1:]:
             out = pick(out, piece)
-        return np.broadcast_to(out, np.shape(z)).copy() if np.ndim(out) < np.ndim(z) else out
+        if np.ndim(out) < np.ndim(z):  # a constant function
+            return np.full(np.shape(z), out)
+        return np.asarray(out)
 
     def increment(self, z: np.ndarray, dz: np.ndarray) -> np.ndarray:
         """``σ(z + dz) - σ(z)`` from the stored pre-activation ``z`` and its increment.
