@@ -75,9 +75,9 @@ _EPS = float(np.finfo(np.float64).eps)
 # Elements per block when splitting the inputs: a block is range-checked and converted
 # while it is in cache.
 _SPLIT_BLOCK = 1 << 16
-# Bytes of converted inputs per first-layer product call: large enough that BLAS runs
-# at full speed, small enough to stay in the last-level cache.
-_PRODUCT_BLOCK_BYTES = 1 << 23
+# Bytes of converted inputs per row block of a resolution: large enough that BLAS runs
+# at full speed, small enough to stay in cache.
+_BLOCK_BYTES = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -484,13 +484,12 @@ class InferencePlan:
             raise ValueError(
                 f"the state already holds all {self.resolutions} resolutions; nothing to add"
             )
-        H, Z = list(state.H), list(state.Z)
-        bit_ops, flops = _upgrade(self, H, Z, state.samples, k, rounding)
+        H, Z, bit_ops, flops = _upgrade(self, state, rounding)
         z_last = _last_logits(self.network, Z[-1])
         logits, outputs = state.logits.copy(), state.outputs.copy()
         logits[state.samples] = z_last
         outputs[state.samples] = output_probabilities(self.network.output, z_last)
-        upgraded = InferenceState(k + 1, state.samples, tuple(H), tuple(Z), logits, outputs,
+        upgraded = InferenceState(k + 1, state.samples, H, Z, logits, outputs,
                                   state.frozen_at)
         return ResolutionUpgrade(upgraded, len(state.samples), bit_ops, flops)
 
@@ -726,35 +725,41 @@ def _first_layer_product(
     )
 
 
-def _first_layer(plan: InferencePlan, samples: np.ndarray | None, k: int) -> np.ndarray:
-    """``Z_1`` after ``k`` resolutions (k >= 1) for ``samples`` (None: all), float64, exact."""
+def _first_layer(plan: InferencePlan, rows: slice | np.ndarray, k: int) -> np.ndarray:
+    """``Z_1`` after ``k`` resolutions (k >= 1) for the samples ``rows``, float64, exact."""
     step = plan.first_layer[k - 1]
-    z = _input_product(plan, samples, step.shift, step.weights, step.dtype)
+    z = _input_product(plan, rows, step.shift, step.weights, step.dtype)
     z *= step.scale
     z += plan.biases_after[k][0]
     return z
 
 
 def _input_product(
-    plan: InferencePlan, samples: np.ndarray | None, shift: int, weights: np.ndarray,
+    plan: InferencePlan, rows: slice | np.ndarray, shift: int, weights: np.ndarray,
     dtype: np.dtype,
 ) -> np.ndarray:
-    """``_cut(input_units[samples], shift) @ weights`` by the plan's kernel, as float64.
+    """``_cut(input_units[rows], shift) @ weights`` by the plan's kernel, as float64.
 
-    ``weights`` is prepared by the kernel in ``dtype``, in which the product is exact. The
-    inputs are cut and converted by row blocks, so no full-size temporary is made and a
-    block is still in cache when the kernel reads it.
+    ``weights`` is prepared by the kernel in ``dtype``, in which the product is exact.
     """
-    kernel, units = plan.kernel, plan.input_units
-    n = plan.n_samples if samples is None else len(samples)
-    z = np.empty((n, weights.shape[1]))
-    rows = max(1, _PRODUCT_BLOCK_BYTES // (units.shape[1] * dtype.itemsize))
+    block = plan.kernel.prepare(_cut(plan.input_units[rows], shift, plan.input_signed), dtype)
+    return np.asarray(plan.kernel.product(block, weights), dtype=np.float64)
+
+
+def _row_blocks(
+    plan: InferencePlan, samples: np.ndarray
+) -> Iterator[tuple[slice, slice | np.ndarray]]:
+    """The active ``samples`` in blocks: (positions among them, rows of the batch).
+
+    Everything a resolution computes for a block (its inputs converted for the kernel,
+    every layer's temporaries) stays in cache, and no temporary is large enough to be
+    mapped afresh from the operating system (page faults cost as much as the arithmetic).
+    """
+    n, width = len(samples), plan.input_units.shape[1]
+    rows = max(1, _BLOCK_BYTES // (width * max(s.dtype.itemsize for s in plan.first_layer)))
     for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        block = units[start:stop] if samples is None else units[samples[start:stop]]
-        prepared = kernel.prepare(_cut(block, shift, plan.input_signed), dtype)
-        z[start:stop] = np.asarray(kernel.product(prepared, weights))
-    return z
+        part = slice(start, min(n, start + rows))
+        yield part, part if n == plan.n_samples else samples[part]
 
 
 def _check_partitions(network: Network, px: Partition, pws: tuple[Partition, ...]) -> None:
@@ -776,45 +781,51 @@ def _check_partitions(network: Network, px: Partition, pws: tuple[Partition, ...
 
 
 def _upgrade(
-    plan: InferencePlan, H: list[np.ndarray], Z: list[np.ndarray], samples: np.ndarray, k: int,
-    rounding: float | None,
-) -> tuple[int, int]:
-    """Add component ``k`` (0-based) of the input and of every layer to the active samples'
-    ``H`` and ``Z`` (lists, whose arrays are replaced); return (bit_ops, flops).
+    plan: InferencePlan, state: InferenceState, rounding: float | None
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], int, int]:
+    """Add the next component of the input and of every layer to the active samples.
 
-    The first layer's new ``Z_1`` is its exact product after ``k + 1`` components (with
-    rounding, the stored ``Z_1`` plus the rounded difference of the exact products after
-    and before). Every later layer takes the two products of METHOD §4 from the change
-    of its input, ``ΔH = σ(Z + ΔZ) - σ(Z)``, where ``σ(Z)`` is the stored ``H``.
+    Returns the new ``H`` and ``Z`` (new arrays), bit operations and flops. The first
+    layer's new ``Z_1`` is its exact product after ``k + 1`` components (with rounding,
+    the stored ``Z_1`` plus the rounded difference of the exact products after and
+    before). Every later layer takes the two products of METHOD §4 from the change of its
+    input, ``ΔH = σ(Z + ΔZ) - σ(Z)``, where ``σ(Z)`` is the stored ``H``. The work goes
+    by row blocks (:func:`_row_blocks`).
     """
-    net = plan.network
-    subset = None if len(samples) == plan.n_samples else samples
-    n = len(samples)
-    out, inp = net.weights[0].shape
-    z_new = _first_layer(plan, subset, k + 1)
-    flops = (2 * inp + 1) * out * n
-    if rounding is not None:
-        before = _first_layer(plan, subset, k) if k else 0.0
-        z_new = Z[0] + _rounded(z_new - before, rounding)
-        flops += (2 * inp + 1) * out * n if k else 0
-    bit_ops = _upgrade_bit_ops(plan, 0, k, n)
-    for layer in range(1, net.n_layers):
-        h_new = net.hidden.value(z_new)
-        dh = h_new - H[layer - 1]
-        Z[layer - 1], H[layer - 1] = z_new, h_new
-        dA, db = plan.weight_parts[layer][k], plan.bias_parts[layer][k]
-        dz = h_new @ dA.T + db
-        out, inp = dA.shape
-        flops += 2 * n * inp * out + n * out
-        if k:  # A is still zero at the first resolution: nothing to reuse yet.
-            dz += dh @ plan.weights_after[k][layer].T
-            flops += 2 * n * inp * out
+    net, k, n = plan.network, state.resolution, len(state.samples)
+    sizes = net.layer_sizes
+    H = tuple(np.empty((n, s)) for s in sizes[1:-1])
+    Z = tuple(np.empty((n, s)) for s in sizes[1:])
+    for part, rows in _row_blocks(plan, state.samples):
+        z = _first_layer(plan, rows, k + 1)
         if rounding is not None:
-            dz = _rounded(dz, rounding)
-        bit_ops += _upgrade_bit_ops(plan, layer, k, n)
-        z_new = Z[layer] + dz
-    Z[-1] = z_new
-    return bit_ops, flops
+            before = _first_layer(plan, rows, k) if k else 0.0
+            z = state.Z[0][part] + _rounded(z - before, rounding)
+        for layer in range(1, net.n_layers):
+            h = net.hidden.value(z)
+            dh = h - state.H[layer - 1][part]
+            Z[layer - 1][part], H[layer - 1][part] = z, h
+            dz = h @ plan.weight_parts[layer][k].T
+            dz += plan.bias_parts[layer][k]
+            if k:  # A is still zero at the first resolution: nothing to reuse yet.
+                dz += dh @ plan.weights_after[k][layer].T
+            if rounding is not None:
+                dz = _rounded(dz, rounding)
+            z = state.Z[layer][part] + dz
+        Z[-1][part] = z
+    bit_ops = sum(_upgrade_bit_ops(plan, layer, k, n) for layer in range(net.n_layers))
+    return H, Z, bit_ops, _upgrade_flops(plan, k, n, rounding)
+
+
+def _upgrade_flops(plan: InferencePlan, k: int, n: int, rounding: float | None) -> int:
+    """Floating-point operations :func:`_upgrade` executes for ``n`` samples at component ``k``."""
+    out, inp = plan.network.weights[0].shape
+    first = (2 * inp + 1) * out * n
+    flops = first * (2 if rounding is not None and k else 1)
+    for w in plan.network.weights[1:]:
+        out, inp = w.shape
+        flops += (2 * inp * out + out) * n + (2 * inp * out * n if k else 0)
+    return flops
 
 
 def _rounded(dz: np.ndarray, rounding: float) -> np.ndarray:
@@ -934,7 +945,10 @@ def _first_layer_deviation(
     dtype = plan.kernel.dtype_for(inp * max_h, max_h)
     against = plan.kernel.prepare(np.hstack([signs.T, np.ones((inp, 1))]), dtype)
     shift = px.points[r] - px.points[-1]
-    product = np.ldexp(_input_product(plan, subset, shift, against, dtype), px.points[r])
+    product = np.empty((len(state.samples), out + 1))
+    for part, rows in _row_blocks(plan, state.samples):
+        product[part] = _input_product(plan, rows, shift, against, dtype)
+    product = np.ldexp(product, px.points[r])
     flops = 2 * len(state.samples) * inp * (out + 1)
     h_signs, h_abs = product[:, :out], product[:, out:]
     s_a, s_signs = A.sum(axis=1), signs.sum(axis=1)
