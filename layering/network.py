@@ -887,82 +887,134 @@ def _logit_bounds(plan: InferencePlan, state: InferenceState) -> LogitBounds:
     input and e_W of its weights (W_full = A + e_W)::
 
         Z_full - Z = dH Aᵀ + (H + dH) e_Wᵀ + e_b
+
+    The first layer takes it in closed form (:class:`_FirstLayerBound`); the work goes by
+    row blocks, as the upgrades do.
     """
-    net, r = plan.network, state.resolution
-    center, radius, flops = _first_layer_deviation(plan, state)
-    lo, hi = state.Z[0] + center - radius, state.Z[0] + center + radius
-    for layer in range(1, net.n_layers):
-        s_lo, s_hi = net.hidden.interval(lo, hi)
-        c_h = 0.5 * (s_lo + s_hi) - state.H[layer - 1]
-        rad_h = 0.5 * (s_hi - s_lo) + _EPS * (np.abs(s_lo) + np.abs(s_hi))
-        tail = plan.weight_partitions[layer].tail_bound(r)
-        A = plan.weights_after[r][layer]
-        c_w, rad_w = _remainder(np.signbit(net.weights[layer]), tail)
-        c_b, rad_b = _remainder(np.signbit(net.biases[layer]), tail)
-        c_H = state.H[layer - 1] + c_h
-        w_mag = np.abs(A) + np.abs(c_w) + rad_w  # bounds |W_full|
-        b_mag = np.abs(plan.biases_after[r][layer]) + np.abs(c_b) + rad_b
-        center = c_h @ A.T + c_H @ c_w.T + c_b
-        radius = rad_h @ w_mag.T + np.abs(c_H) @ rad_w.T + rad_b
-        radius += _rounding_margin(plan, np.abs(c_H) + rad_h, w_mag, b_mag)
-        flops += 8 * c_h.shape[0] * A.size  # four products
-        lo = state.Z[layer] + center - radius
-        hi = state.Z[layer] + center + radius
+    net, r, n = plan.network, state.resolution, len(state.samples)
+    first = _FirstLayerBound.of(plan, r)
+    layers = [_LayerBound.of(plan, layer, r) for layer in range(1, net.n_layers)]
+    lo, hi = np.empty((n, net.weights[-1].shape[0])), np.empty((n, net.weights[-1].shape[0]))
+    for part, rows in _row_blocks(plan, state.samples):
+        deviation = first.deviation(plan, rows)
+        b_lo, b_hi = state.Z[0][part] + deviation[0], state.Z[0][part] + deviation[1]
+        for layer, bound in enumerate(layers, start=1):
+            s_lo, s_hi = net.hidden.interval(b_lo, b_hi)
+            b_lo, b_hi = bound.interval(plan, state.H[layer - 1][part], s_lo, s_hi)
+            b_lo += state.Z[layer][part]
+            b_hi += state.Z[layer][part]
+        lo[part], hi[part] = b_lo, b_hi
+    flops = first.flops(plan, n) + sum(8 * n * bound.A.size for bound in layers)
     if net.output == "sigmoid":
         lo, hi = lo[:, 0], hi[:, 0]
     return LogitBounds(lower=lo, upper=hi, flops=flops)
 
 
-def _first_layer_deviation(
-    plan: InferencePlan, state: InferenceState
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Center and radius of ``Z_1(full) - Z_1`` for the active samples, and the flops spent.
+@dataclass(frozen=True)
+class _LayerBound:
+    """What the weights and bias of one layer after the first can still change, at ``r``."""
 
-    The first layer of :func:`_logit_bounds` in closed form. An input's remainder is
-    ``s t ± t`` (``t`` half the input's tail bound, ``s`` the input's sign) and a
-    weight's ``s_w t_w ± t_w``; with ``H`` the inputs cut to ``r`` components, which
-    carry their sign (so ``|H + s t| = |H| + t``), the four products of a general layer
-    become::
+    A: np.ndarray
+    c_w: np.ndarray
+    rad_w: np.ndarray
+    c_b: np.ndarray
+    rad_b: np.ndarray
+    w_mag: np.ndarray
+    b_mag: np.ndarray
+
+    @classmethod
+    def of(cls, plan: InferencePlan, layer: int, r: int) -> _LayerBound:
+        net, tail = plan.network, plan.weight_partitions[layer].tail_bound(r)
+        c_w, rad_w = _remainder(np.signbit(net.weights[layer]), tail)
+        c_b, rad_b = _remainder(np.signbit(net.biases[layer]), tail)
+        A = plan.weights_after[r][layer]
+        w_mag = np.abs(A) + np.abs(c_w) + rad_w  # bounds |W_full|
+        b_mag = np.abs(plan.biases_after[r][layer]) + np.abs(c_b) + rad_b
+        return cls(A, c_w, rad_w, c_b, rad_b, w_mag, b_mag)
+
+    def interval(
+        self, plan: InferencePlan, H: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(Z_full - Z)`` bounds from the layer's input interval ``[s_lo, s_hi]``."""
+        c_h = 0.5 * (s_lo + s_hi) - H
+        rad_h = 0.5 * (s_hi - s_lo) + _EPS * (np.abs(s_lo) + np.abs(s_hi))
+        c_H = H + c_h
+        center = c_h @ self.A.T + c_H @ self.c_w.T + self.c_b
+        radius = rad_h @ self.w_mag.T + np.abs(c_H) @ self.rad_w.T + self.rad_b
+        radius += _rounding_margin(plan, np.abs(c_H) + rad_h, self.w_mag, self.b_mag)
+        return center - radius, center + radius
+
+
+@dataclass(frozen=True)
+class _FirstLayerBound:
+    """The first layer of :func:`_logit_bounds` in closed form, at resolution ``r``.
+
+    An input's remainder is ``s t ± t`` (``t`` half the input's tail bound, ``s`` the
+    input's sign) and a weight's ``s_w t_w ± t_w``; with ``H`` the inputs cut to ``r``
+    components, which carry their sign (so ``|H + s t| = |H| + t``), the four products of
+    a general layer become::
 
         center = t s Aᵀ + t_w H s_wᵀ + t t_w s s_wᵀ + c_b
         radius = t Σ_j |W|_max + t_w (Σ_j |H| + n_in t) + rad_b + margin
 
     where only ``H s_wᵀ`` and ``Σ_j |H|`` depend on the sample when no input is
-    negative: one exact product of small integers, by the plan's kernel.
+    negative: one exact product of small integers, ``H [s_wᵀ | 1]``, by the plan's kernel.
     """
-    net, r = plan.network, state.resolution
-    px, pw = plan.input_partition, plan.weight_partitions[0]
-    A = plan.weights_after[r][0]
-    out, inp = A.shape
-    t, t_w = 0.5 * px.tail_bound(r), 0.5 * pw.tail_bound(r)
-    signs = np.where(np.signbit(net.weights[0]), -1.0, 1.0)
-    c_b, rad_b = _remainder(np.signbit(net.biases[0]), pw.tail_bound(r))
-    w_mag = np.abs(A) + 2 * t_w  # bounds |W_full|
-    b_mag = np.abs(plan.biases_after[r][0]) + np.abs(c_b) + rad_b
-    subset = None if len(state.samples) == plan.n_samples else state.samples
-    # H [s_wᵀ | 1] in units of H's grid: |partial sums| <= inp * max|H|.
-    max_h = (1 << (px.points[0] - px.points[r])) - 1
-    dtype = plan.kernel.dtype_for(inp * max_h, max_h)
-    against = plan.kernel.prepare(np.hstack([signs.T, np.ones((inp, 1))]), dtype)
-    shift = px.points[r] - px.points[-1]
-    product = np.empty((len(state.samples), out + 1))
-    for part, rows in _row_blocks(plan, state.samples):
-        product[part] = _input_product(plan, rows, shift, against, dtype)
-    product = np.ldexp(product, px.points[r])
-    flops = 2 * len(state.samples) * inp * (out + 1)
-    h_signs, h_abs = product[:, :out], product[:, out:]
-    s_a, s_signs = A.sum(axis=1), signs.sum(axis=1)
-    if plan.input_signed:  # s = 1 - 2 [x < 0]: per-sample sums, and Σ|H| apart from Σ H
-        negative = (plan.input_units if subset is None else plan.input_units[subset]) < 0
-        both = negative @ np.hstack([A.T, signs.T])
-        s_a, s_signs = s_a - 2 * both[:, :out], s_signs - 2 * both[:, out:]
-        h_abs = np.abs(plan.input_prefix(r, subset)).sum(axis=1, keepdims=True)
-        flops += 4 * len(state.samples) * inp * out
-    center = t * s_a + t_w * h_signs + (t * t_w) * s_signs + c_b
-    radius = t * w_mag.sum(axis=1) + t_w * (h_abs + inp * t) + rad_b
-    scale = 4 * (plan.resolutions + 2) * (inp + 3) * _EPS
-    radius += scale * ((h_abs + 2 * inp * t) * float(w_mag.max()) + float(b_mag.max()))
-    return center, radius, flops
+
+    r: int
+    t: float
+    t_w: float
+    signs: np.ndarray
+    against: np.ndarray
+    dtype: np.dtype
+    A: np.ndarray
+    center: np.ndarray
+    radius: np.ndarray
+    margin: tuple[float, float]
+
+    @classmethod
+    def of(cls, plan: InferencePlan, r: int) -> _FirstLayerBound:
+        net, px, pw = plan.network, plan.input_partition, plan.weight_partitions[0]
+        A = plan.weights_after[r][0]
+        inp = A.shape[1]
+        t, t_w = 0.5 * px.tail_bound(r), 0.5 * pw.tail_bound(r)
+        signs = np.where(np.signbit(net.weights[0]), -1.0, 1.0)
+        c_b, rad_b = _remainder(np.signbit(net.biases[0]), pw.tail_bound(r))
+        w_mag = np.abs(A) + 2 * t_w  # bounds |W_full|
+        b_mag = np.abs(plan.biases_after[r][0]) + np.abs(c_b) + rad_b
+        max_h = (1 << (px.points[0] - px.points[r])) - 1  # |H| in units of its grid
+        dtype = plan.kernel.dtype_for(inp * max_h, max_h)
+        against = plan.kernel.prepare(np.hstack([signs.T, np.ones((inp, 1))]), dtype)
+        center = t * A.sum(axis=1) + (t * t_w) * signs.sum(axis=1) + c_b
+        radius = t * w_mag.sum(axis=1) + t_w * inp * t + rad_b
+        scale = 4 * (plan.resolutions + 2) * (inp + 3) * _EPS
+        margin = (scale * float(w_mag.max()), scale * (2 * inp * t * float(w_mag.max())
+                                                       + float(b_mag.max())))
+        return cls(r, t, t_w, signs, against, dtype, A, center, radius, margin)
+
+    def deviation(
+        self, plan: InferencePlan, rows: slice | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds on ``Z_1(full) - Z_1`` for the samples ``rows`` of the batch."""
+        px = plan.input_partition
+        shift, out = px.points[self.r] - px.points[-1], self.A.shape[0]
+        product = np.ldexp(_input_product(plan, rows, shift, self.against, self.dtype),
+                           px.points[self.r])
+        h_signs, h_abs = product[:, :out], product[:, out:]
+        center = self.center + self.t_w * h_signs
+        if plan.input_signed:  # s = 1 - 2 [x < 0]: per-sample sums, and Σ|H| apart from Σ H
+            units = plan.input_units[rows]
+            both = (units < 0) @ np.hstack([self.A.T, self.signs.T])
+            center -= 2 * self.t * both[:, :out] + (2 * self.t * self.t_w) * both[:, out:]
+            h_abs = np.ldexp(np.abs(_cut(units, shift, True)).sum(axis=1, keepdims=True,
+                                                                 dtype=np.float64),
+                             px.points[self.r])
+        radius = self.radius + self.t_w * h_abs + (self.margin[0] * h_abs + self.margin[1])
+        return center - radius, center + radius
+
+    def flops(self, plan: InferencePlan, n: int) -> int:
+        out, inp = self.A.shape
+        return 2 * n * inp * (out + 1) + (4 * n * inp * out if plan.input_signed else 0)
 
 
 def _remainder(negative: np.ndarray, tail: float) -> tuple[np.ndarray, np.ndarray]:
