@@ -464,7 +464,9 @@ class InferencePlan:
         return InferenceState(0, np.arange(n), H, Z, zeros, zeros.copy(),
                               np.zeros(n, dtype=np.int64))
 
-    def advance(self, state: InferenceState, rounding: float | None = None) -> ResolutionUpgrade:
+    def advance(
+        self, state: InferenceState, rounding: float | None = None, *, in_place: bool = False
+    ) -> ResolutionUpgrade:
         """Add the next resolution's components to the active samples of ``state``.
 
         Parameters
@@ -473,6 +475,10 @@ class InferencePlan:
             A state of this plan (its batch, its samples).
         rounding : float, optional
             Round every increment ΔZ to this grid (see :func:`layered_inference`).
+        in_place : bool
+            Write the new ``H`` and ``Z`` over those of ``state``, which must not be used
+            afterwards (:func:`layered_inference` does this: fresh arrays for every
+            resolution cost page faults as large as the arithmetic).
 
         Raises
         ------
@@ -484,7 +490,7 @@ class InferencePlan:
             raise ValueError(
                 f"the state already holds all {self.resolutions} resolutions; nothing to add"
             )
-        H, Z, bit_ops, flops = _upgrade(self, state, rounding)
+        H, Z, bit_ops, flops = _upgrade(self, state, rounding, in_place)
         z_last = _last_logits(self.network, Z[-1])
         logits, outputs = state.logits.copy(), state.outputs.copy()
         logits[state.samples] = z_last
@@ -519,7 +525,7 @@ class InferencePlan:
             resolutions=self.resolutions,
             output=net.output,
             outputs=state.outputs[state.samples],
-            logits=z_last,
+            logits=z_last.copy(),  # a rule may keep it; Z changes in place in later steps
             samples=state.samples,
             started=started,
             bounds=partial(_logit_bounds, self, state),
@@ -781,7 +787,7 @@ def _check_partitions(network: Network, px: Partition, pws: tuple[Partition, ...
 
 
 def _upgrade(
-    plan: InferencePlan, state: InferenceState, rounding: float | None
+    plan: InferencePlan, state: InferenceState, rounding: float | None, in_place: bool
 ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], int, int]:
     """Add the next component of the input and of every layer to the active samples.
 
@@ -790,12 +796,13 @@ def _upgrade(
     the stored ``Z_1`` plus the rounded difference of the exact products after and
     before). Every later layer takes the two products of METHOD §4 from the change of its
     input, ``ΔH = σ(Z + ΔZ) - σ(Z)``, where ``σ(Z)`` is the stored ``H``. The work goes
-    by row blocks (:func:`_row_blocks`).
+    by row blocks (:func:`_row_blocks`); ``in_place`` writes each block over the state's
+    own rows once they are read.
     """
     net, k, n = plan.network, state.resolution, len(state.samples)
     sizes = net.layer_sizes
-    H = tuple(np.empty((n, s)) for s in sizes[1:-1])
-    Z = tuple(np.empty((n, s)) for s in sizes[1:])
+    H = state.H if in_place else tuple(np.empty((n, s)) for s in sizes[1:-1])
+    Z = state.Z if in_place else tuple(np.empty((n, s)) for s in sizes[1:])
     for part, rows in _row_blocks(plan, state.samples):
         z = _first_layer(plan, rows, k + 1)
         if rounding is not None:
@@ -1115,7 +1122,7 @@ def _resolutions(
     started = time.monotonic()
     while True:
         t0 = time.monotonic()
-        upgrade = plan.advance(state, rounding)
+        upgrade = plan.advance(state, rounding, in_place=True)  # nobody else sees state
         decision = plan.decide(upgrade.state, policy, started=started)
         state = decision.state
         yield InferenceResult(
