@@ -78,6 +78,11 @@ _SPLIT_BLOCK = 1 << 16
 # Bytes of converted inputs per row block of a resolution: large enough that BLAS runs
 # at full speed, small enough to stay in cache.
 _BLOCK_BYTES = 1 << 21
+# The later layers' products of a block stay at or below this many multiply-adds, which
+# BLAS (OpenBLAS: 4 * 65536) runs on one thread: waking threads for products this small
+# costs more than they take, most of all on a loaded machine.
+_SINGLE_THREAD_PRODUCT = 1 << 18
+_MIN_BLOCK_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -763,6 +768,8 @@ def _row_blocks(
     """
     n, width = len(samples), plan.input_units.shape[1]
     rows = max(1, _BLOCK_BYTES // (width * max(s.dtype.itemsize for s in plan.first_layer)))
+    later = max((w.size for w in plan.network.weights[1:]), default=1)
+    rows = max(_MIN_BLOCK_ROWS, min(rows, _SINGLE_THREAD_PRODUCT // later))
     for start in range(0, n, rows):
         part = slice(start, min(n, start + rows))
         yield part, part if n == plan.n_samples else samples[part]
