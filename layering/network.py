@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property, partial
 
@@ -680,12 +682,35 @@ def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, i
     units = np.empty(x.shape, dtype=_units_dtype(p.points[0] - p.points[-1]))
     flat, out = x.reshape(-1), units.reshape(-1)
     scale, limit = math.ldexp(1.0, -p.points[-1]), p.limit
-    for start in range(0, flat.size, _SPLIT_BLOCK):
-        block = flat[start : start + _SPLIT_BLOCK]
-        if not (block.max() < limit and block.min() > -limit):  # also catches NaN
-            p.check(x, "input X")  # raises, naming the value
-        np.multiply(block, scale, out=out[start : start + _SPLIT_BLOCK], casting="unsafe")
+
+    def convert(start: int, stop: int) -> bool:
+        for first in range(start, stop, _SPLIT_BLOCK):
+            last = min(stop, first + _SPLIT_BLOCK)
+            block = flat[first:last]
+            if not (block.max() < limit and block.min() > -limit):  # also catches NaN
+                return False
+            np.multiply(block, scale, out=out[first:last], casting="unsafe")
+        return True
+
+    # numpy releases the GIL in these loops, so parts of a large input convert in
+    # parallel threads (the products later use every core through BLAS; this would not).
+    workers = max(1, min(_available_cores(), flat.size // (8 * _SPLIT_BLOCK)))
+    edges = [flat.size * i // workers // _SPLIT_BLOCK * _SPLIT_BLOCK for i in range(workers)]
+    edges.append(flat.size)
+    if workers == 1:
+        in_range = convert(0, flat.size)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            in_range = all(pool.map(convert, edges[:-1], edges[1:]))
+    if not in_range:
+        p.check(x, "input X")  # raises, naming the value
     return units, clipped
+
+
+def _available_cores() -> int:
+    """CPU cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
 def _units_dtype(span: int) -> np.dtype:

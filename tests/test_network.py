@@ -460,3 +460,17 @@ def test_activation_value_is_its_own_piece(z, slopes):
         k = act.piece(v)
         expected = np.take(act.slopes, k) * v + np.take(act.intercepts, k)
         np.testing.assert_allclose(act.value(v), expected, rtol=0, atol=1e-12)
+
+
+def test_a_large_input_splits_in_parallel_parts_and_names_a_bad_value(reference_net, mnist_like):
+    # 1.2M values: converted by several threads where the machine has the cores.
+    ref = reference_net(32, (784, 4, 1))
+    X = mnist_like(13, 1500) - 0.5
+    plan = plan_inference(ref.network(), X, PIXELS, [WEIGHTS] * 2)
+    assert np.array_equal(plan.input_prefix(PIXELS.m), PIXELS.truncate(X, PIXELS.m))
+    X[1400, 3] = 1.0
+    with pytest.raises(PartitionRangeError, match=r"input X\[1400, 3\] = 1\.0"):
+        plan_inference(ref.network(), X, PIXELS, [WEIGHTS] * 2)
+    X[1400, 3] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        plan_inference(ref.network(), X, PIXELS, [WEIGHTS] * 2)
