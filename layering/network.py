@@ -275,7 +275,8 @@ class InferenceState:
 
     Made by :meth:`InferencePlan.start`, :meth:`InferencePlan.advance` and
     :meth:`InferencePlan.decide`; its arrays are never modified in place (every step makes
-    new ones), so a state can be kept, persisted or compared while later steps run.
+    new ones, unless asked to reuse them: ``advance(state, in_place=True)``), so a state
+    can be kept, persisted or compared while later steps run.
 
     Attributes
     ----------
