@@ -107,9 +107,29 @@ class PiecewiseLinear:
         return k
 
     def value(self, z: np.ndarray) -> np.ndarray:
-        """``σ(z)``, elementwise."""
+        """``σ(z)``, elementwise.
+
+        A convex function (slopes never decrease, as ReLU and leaky ReLU) is the largest
+        of its pieces and a concave one the smallest: a few whole-array operations instead
+        of a gather by piece. Either way each value is its own piece's ``slope * z +
+        intercept`` (pieces that meet at a break agree there up to rounding).
+        """
+        pairs = list(zip(self.slopes[:-1], self.slopes[1:], strict=True))
+        if all(a <= b for a, b in pairs):
+            return self._envelope(z, np.maximum)
+        if all(a >= b for a, b in pairs):
+            return self._envelope(z, np.minimum)
         k = self.piece(z)
         return np.take(self.slopes, k) * z + np.take(self.intercepts, k)
+
+    def _envelope(self, z: np.ndarray, pick: np.ufunc) -> np.ndarray:
+        pieces = [_affine(z, s, c) for s, c in zip(self.slopes, self.intercepts, strict=True)]
+        out = pieces[0]
+        for piece in pieces[1:]:
+            out = pick(out, piece)
+        if np.ndim(out) < np.ndim(z):  # a constant function
+            return np.full(np.shape(z), out)
+        return np.asarray(out)
 
     def increment(self, z: np.ndarray, dz: np.ndarray) -> np.ndarray:
         """``σ(z + dz) - σ(z)`` from the stored pre-activation ``z`` and its increment.
@@ -136,6 +156,15 @@ class PiecewiseLinear:
     def interval(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Enclosure ``[σ(lo), σ(hi)]`` of ``σ`` over ``[lo, hi]`` (σ is non-decreasing)."""
         return self.value(lo), self.value(hi)
+
+
+def _affine(z: np.ndarray, slope: float, intercept: float) -> np.ndarray | float:
+    """``slope * z + intercept``, skipping the arithmetic that changes nothing."""
+    if slope == 0.0:
+        return intercept
+    if slope == 1.0 and intercept == 0.0:
+        return z
+    return slope * z + intercept
 
 
 def relu() -> PiecewiseLinear:

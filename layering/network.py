@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 
 import numpy as np
 import numpy.typing as npt
@@ -52,8 +54,8 @@ from .activations import (
     resolve_activation,
 )
 from .decision import DecisionContext, LogitBounds, Rule, freeze_mask, resolve_rule
-from .kernel import exact_dtype
-from .partition import Components, Partition
+from .kernel import NumpyKernel, ProductKernel
+from .partition import Partition
 
 __all__ = [
     "InferencePlan",
@@ -71,6 +73,18 @@ __all__ = [
 STOP_REASONS = ("completed", "decided", "deadline")
 
 _EPS = float(np.finfo(np.float64).eps)
+
+# Elements per block when splitting the inputs: a block is range-checked and converted
+# while it is in cache.
+_SPLIT_BLOCK = 1 << 16
+# Bytes of converted inputs per row block of a resolution: large enough that BLAS runs
+# at full speed, small enough to stay in cache.
+_BLOCK_BYTES = 1 << 21
+# The later layers' products of a block stay at or below this many multiply-adds, which
+# BLAS (OpenBLAS: 4 * 65536) runs on one thread: waking threads for products this small
+# costs more than they take, most of all on a loaded machine.
+_SINGLE_THREAD_PRODUCT = 1 << 18
+_MIN_BLOCK_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -261,7 +275,8 @@ class InferenceState:
 
     Made by :meth:`InferencePlan.start`, :meth:`InferencePlan.advance` and
     :meth:`InferencePlan.decide`; its arrays are never modified in place (every step makes
-    new ones), so a state can be kept, persisted or compared while later steps run.
+    new ones, unless asked to reuse them: ``advance(state, in_place=True)``), so a state
+    can be kept, persisted or compared while later steps run.
 
     Attributes
     ----------
@@ -270,7 +285,10 @@ class InferenceState:
     samples : ndarray of int
         Indices of the active samples in the batch, increasing.
     H : tuple of ndarray
-        ``H_0 ... H_{L-1}``, the input of each layer, one row per active sample.
+        ``H_1 ... H_{L-1}``, the input of every layer after the first, one row per active
+        sample. The network's input ``H_0`` is not kept: it is the inputs cut to
+        ``resolution`` components, which the plan gives
+        (:meth:`InferencePlan.input_prefix`).
     Z : tuple of ndarray
         ``Z_1 ... Z_L``, the pre-activation of each layer, one row per active sample.
     logits, outputs : ndarray
@@ -299,8 +317,8 @@ class InferenceState:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The state as named arrays (for ``np.savez``), restored by :meth:`InferencePlan.restore`.
 
-        ``H_0`` is left out: it is the inputs truncated to ``resolution`` components, which
-        the plan rebuilds (it is the largest array and holds nothing new).
+        ``H1 ... H{L-1}`` and ``Z1 ... Z{L}`` hold the layers; the inputs cut to
+        ``resolution`` components are the plan's, not the state's.
         """
         arrays = {
             "resolution": np.array(self.resolution),
@@ -309,7 +327,7 @@ class InferenceState:
             "outputs": self.outputs,
             "frozen_at": self.frozen_at,
         }
-        arrays.update({f"H{layer}": h for layer, h in enumerate(self.H) if layer})
+        arrays.update({f"H{layer}": h for layer, h in enumerate(self.H, start=1)})
         arrays.update({f"Z{layer}": z for layer, z in enumerate(self.Z, start=1)})
         return arrays
 
@@ -377,9 +395,14 @@ class InferencePlan:
     :meth:`InferenceState.to_arrays`. A batch split into chunks, each with its own plan,
     gives per sample exactly what one plan over the whole batch gives.
 
-    The first layer's products (input components times weight components, both on
-    power-of-two grids) run in ``first_dtype``: float32 when every partial sum stays
-    below 2**24 grid units, so they are exact and twice as cheap as float64.
+    The first layer is linear in the inputs, so after resolution ``r`` its pre-activation
+    is one product of the inputs and weights cut to ``r`` components,
+    ``Z_1 = X_r A_rᵀ + b_r``; both are small integers on power-of-two grids, so the
+    product is exact in the arithmetic its kernel chooses for that bound (float32 while
+    every partial sum stays below 2**24 with :class:`~layered.layering.kernel.NumpyKernel`)
+    and the first layer's increment ``ΔZ_1 = Z_1 - Z_1^{old}`` is bit for bit the one the
+    two products of METHOD §4 give, at one product's cost. The inputs are kept once, as
+    integers on their finest grid (``input_units``); every resolution cuts them by a shift.
 
     Examples
     --------
@@ -397,15 +420,15 @@ class InferencePlan:
     """
 
     network: Network
-    x: Components
+    input_units: np.ndarray
     input_partition: Partition
     weight_partitions: tuple[Partition, ...]
     weight_parts: tuple[tuple[np.ndarray, ...], ...]
     bias_parts: tuple[tuple[np.ndarray, ...], ...]
     weights_after: tuple[tuple[np.ndarray, ...], ...]
     biases_after: tuple[tuple[np.ndarray, ...], ...]
-    first_dtype: np.dtype
-    input_negative: np.ndarray
+    first_layer: tuple[FirstLayerProduct, ...]
+    kernel: ProductKernel
     clipped: int
 
     @property
@@ -414,7 +437,7 @@ class InferencePlan:
 
     @property
     def n_samples(self) -> int:
-        return self.x.digits[0].shape[0]
+        return self.input_units.shape[0]
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -423,33 +446,35 @@ class InferencePlan:
         return (self.n_samples,) if net.output == "sigmoid" else (
             self.n_samples, net.weights[-1].shape[0])
 
-    def input_component(self, k: int, samples: np.ndarray | None) -> np.ndarray:
-        """Component ``k`` of the inputs of ``samples`` (None: all), in ``first_dtype``."""
-        digits = self.x.digits[k] if samples is None else self.x.digits[k][samples]
-        return np.multiply(digits, math.ldexp(1.0, self.x.exponents[k]), dtype=self.first_dtype)
+    @cached_property
+    def input_signed(self) -> bool:
+        """Does any input truncate to a negative value?"""
+        return bool(self.input_units.min(initial=0) < 0)
 
-    def input_prefix(self, k: int, samples: np.ndarray) -> np.ndarray:
-        """The inputs of ``samples`` cut to ``k`` components, summed as the upgrades add them."""
-        h = np.zeros((len(samples), self.network.layer_sizes[0]), dtype=self.first_dtype)
-        for j in range(k):
-            h = h + self.input_component(j, samples)
-        return h
+    def input_prefix(self, k: int, samples: np.ndarray | None = None) -> np.ndarray:
+        """The inputs of ``samples`` (None: all) cut to their first ``k`` components (float64)."""
+        units = self.input_units if samples is None else self.input_units[samples]
+        if k == 0:
+            return np.zeros(units.shape)
+        shift = self.input_partition.points[k] - self.input_partition.points[-1]
+        return np.ldexp(_cut(units, shift, self.input_signed), self.input_partition.points[k])
 
     def start(self) -> InferenceState:
         """The batch before the first resolution: every sample active, every Z = 0."""
         net, n = self.network, self.n_samples
         sizes = net.layer_sizes
         # Resolution 0 has Z = 0 everywhere, hence H_l = σ(0) in hidden layers (0.5 for
-        # the piecewise-linear sigmoid); the input starts at 0.
+        # the piecewise-linear sigmoid).
         rest = float(net.hidden.value(np.zeros(1))[0])
-        H = (np.zeros((n, sizes[0]), dtype=self.first_dtype),
-             *(np.full((n, s), rest) for s in sizes[1:-1]))
+        H = tuple(np.full((n, s), rest) for s in sizes[1:-1])
         Z = tuple(np.zeros((n, s)) for s in sizes[1:])
         zeros = np.zeros(self.output_shape)
         return InferenceState(0, np.arange(n), H, Z, zeros, zeros.copy(),
                               np.zeros(n, dtype=np.int64))
 
-    def advance(self, state: InferenceState, rounding: float | None = None) -> ResolutionUpgrade:
+    def advance(
+        self, state: InferenceState, rounding: float | None = None, *, in_place: bool = False
+    ) -> ResolutionUpgrade:
         """Add the next resolution's components to the active samples of ``state``.
 
         Parameters
@@ -458,6 +483,10 @@ class InferencePlan:
             A state of this plan (its batch, its samples).
         rounding : float, optional
             Round every increment ΔZ to this grid (see :func:`layered_inference`).
+        in_place : bool
+            Write the new ``H`` and ``Z`` over those of ``state``, which must not be used
+            afterwards (:func:`layered_inference` does this: fresh arrays for every
+            resolution cost page faults as large as the arithmetic).
 
         Raises
         ------
@@ -469,13 +498,12 @@ class InferencePlan:
             raise ValueError(
                 f"the state already holds all {self.resolutions} resolutions; nothing to add"
             )
-        H, Z = list(state.H), list(state.Z)
-        bit_ops, flops = _upgrade(self, H, Z, state.samples, k, rounding)
+        H, Z, bit_ops, flops = _upgrade(self, state, rounding, in_place)
         z_last = _last_logits(self.network, Z[-1])
         logits, outputs = state.logits.copy(), state.outputs.copy()
         logits[state.samples] = z_last
         outputs[state.samples] = output_probabilities(self.network.output, z_last)
-        upgraded = InferenceState(k + 1, state.samples, tuple(H), tuple(Z), logits, outputs,
+        upgraded = InferenceState(k + 1, state.samples, H, Z, logits, outputs,
                                   state.frozen_at)
         return ResolutionUpgrade(upgraded, len(state.samples), bit_ops, flops)
 
@@ -505,7 +533,7 @@ class InferencePlan:
             resolutions=self.resolutions,
             output=net.output,
             outputs=state.outputs[state.samples],
-            logits=z_last,
+            logits=z_last.copy(),  # a rule may keep it; Z changes in place in later steps
             samples=state.samples,
             started=started,
             bounds=partial(_logit_bounds, self, state),
@@ -534,9 +562,9 @@ class InferencePlan:
         if samples.size and (samples.min() < 0 or samples.max() >= n):
             raise ValueError(f"saved state has active samples outside 0..{n - 1}")
         k = len(samples)
-        hidden = range(1, len(sizes) - 1)
-        H = (self.input_prefix(r, samples),
-             *(_saved(arrays, f"H{layer}", (k, sizes[layer])) for layer in hidden))
+        H = tuple(
+            _saved(arrays, f"H{layer}", (k, sizes[layer])) for layer in range(1, len(sizes) - 1)
+        )
         Z = tuple(_saved(arrays, f"Z{layer}", (k, sizes[layer])) for layer in range(1, len(sizes)))
         return InferenceState(
             r, samples, H, Z,
@@ -571,6 +599,7 @@ def plan_inference(
     weight_partitions: Sequence[Partition],
     *,
     clip: bool = False,
+    kernel: ProductKernel | None = None,
 ) -> InferencePlan:
     """Validate and split the operands of a layered inference of ``network`` on ``X``.
 
@@ -590,29 +619,31 @@ def plan_inference(
         raise TypeError(f"model must be a Network, got {type(network).__name__}")
     pws = tuple(weight_partitions)
     _check_partitions(network, input_partition, pws)
-    x_values = network._check_input(X)
-    x = input_partition.components(x_values, clip=clip, name="input X")
-    first_dtype = _first_layer_dtype(network, input_partition, pws[0])
+    units, clipped = _input_units(network._check_input(X), input_partition, clip)
     w_parts, b_parts = [], []
-    clipped = _out_of_range(x_values, input_partition) if clip else 0
     for layer, (w, b, p) in enumerate(zip(network.weights, network.biases, pws, strict=True)):
         wc = p.components(w, clip=clip, name=f"layer {layer + 1} weights W{layer + 1}")
         bc = p.components(b, clip=clip, name=f"layer {layer + 1} bias b{layer + 1}")
         clipped += _out_of_range(w, p) + _out_of_range(b, p) if clip else 0
-        dtype = first_dtype if layer == 0 else np.dtype(np.float64)
-        w_parts.append(tuple(wc.value(i).astype(dtype) for i in range(p.m)))
+        w_parts.append(tuple(wc.value(i) for i in range(p.m)))
         b_parts.append(tuple(bc.value(i) for i in range(p.m)))
+    weights_after = _accumulated(w_parts)
+    product_kernel = NumpyKernel() if kernel is None else kernel
+    first_layer = tuple(
+        _first_layer_product(input_partition, pws[0], weights_after[k][0], k, product_kernel)
+        for k in range(1, input_partition.m + 1)
+    )
     return InferencePlan(
         network,
-        x,
+        units,
         input_partition,
         pws,
         tuple(w_parts),
         tuple(b_parts),
-        _accumulated(w_parts),
+        weights_after,
         _accumulated(b_parts),
-        first_dtype,
-        np.signbit(x_values),
+        first_layer,
+        product_kernel,
         clipped,
     )
 
@@ -626,6 +657,7 @@ def _accumulated(parts: Sequence[tuple[np.ndarray, ...]]) -> tuple[tuple[np.ndar
         after.append(tuple(totals))
     return tuple(after)
 
+
 def _out_of_range(a: npt.ArrayLike, p: Partition) -> int:
     """Values outside ``|a| < 2**p_0``: the ones clipping changes beyond truncation.
 
@@ -635,11 +667,138 @@ def _out_of_range(a: npt.ArrayLike, p: Partition) -> int:
     return int(np.count_nonzero(np.abs(np.asarray(a, dtype=np.float64)) >= p.limit))
 
 
-def _first_layer_dtype(network: Network, px: Partition, pw: Partition) -> np.dtype:
-    """float32 if the first layer's products are exact in it, else float64."""
-    span = (px.points[0] - px.points[-1]) + (pw.points[0] - pw.points[-1])
-    dtype = exact_dtype(network.layer_sizes[0] * ((1 << span) - 1))
-    return dtype if dtype == np.float32 else np.dtype(np.float64)
+def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, int]:
+    """The inputs truncated to every component of ``p``, as integers on its finest grid.
+
+    Returns ``trunc(x / 2**p_m)`` in the narrowest signed integer type that holds the
+    partition's span, and how many values were clipped. One blockwise pass over ``x``:
+    each block is range-checked while it is in cache, then scaled and truncated by the
+    float-to-integer conversion itself (which rounds toward zero), so no float64
+    temporary of the whole input is made. An input that truncates to ``u`` units is
+    ``u * 2**p_m``; cut to ``k`` components it is ``_cut(u, p_k - p_m) * 2**p_k``.
+    """
+    clipped = 0
+    if clip:
+        x, clipped = p.clip(x, "input X")
+    units = np.empty(x.shape, dtype=_units_dtype(p.points[0] - p.points[-1]))
+    flat, out = x.reshape(-1), units.reshape(-1)
+    scale, limit = math.ldexp(1.0, -p.points[-1]), p.limit
+
+    def convert(start: int, stop: int) -> bool:
+        for first in range(start, stop, _SPLIT_BLOCK):
+            last = min(stop, first + _SPLIT_BLOCK)
+            block = flat[first:last]
+            if not (block.max() < limit and block.min() > -limit):  # also catches NaN
+                return False
+            np.multiply(block, scale, out=out[first:last], casting="unsafe")
+        return True
+
+    # numpy releases the GIL in these loops, so parts of a large input convert in
+    # parallel threads (the products later use every core through BLAS; this would not).
+    workers = max(1, min(_available_cores(), flat.size // (8 * _SPLIT_BLOCK)))
+    edges = [flat.size * i // workers // _SPLIT_BLOCK * _SPLIT_BLOCK for i in range(workers)]
+    edges.append(flat.size)
+    if workers == 1:
+        in_range = convert(0, flat.size)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            in_range = all(pool.map(convert, edges[:-1], edges[1:]))
+    if not in_range:
+        p.check(x, "input X")  # raises, naming the value
+    return units, clipped
+
+
+def _available_cores() -> int:
+    """CPU cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
+
+
+def _units_dtype(span: int) -> np.dtype:
+    """The narrowest signed integer type holding magnitudes below ``2**span``."""
+    bits = next(b for b in (8, 16, 32, 64) if span < b)
+    return np.dtype(f"int{bits}")
+
+
+def _cut(units: np.ndarray, shift: int, signed: bool) -> np.ndarray:
+    """Integers ``units`` truncated toward zero to multiples of ``2**shift``, in those units."""
+    if shift == 0:
+        return units
+    if not signed:
+        return np.right_shift(units, shift)
+    cut = np.right_shift(np.abs(units), shift)  # an arithmetic shift would round toward -inf
+    return np.negative(cut, out=cut, where=units < 0)
+
+
+@dataclass(frozen=True, eq=False)
+class FirstLayerProduct:
+    """The first layer's product at one resolution: inputs and weights cut to ``k`` components.
+
+    ``Z_1 - b = (_cut(input_units, shift) @ weights) * scale``, exact: ``weights`` is the
+    kernel's prepared ``A_kᵀ`` in units of its grid, and ``dtype`` the operand type in
+    which the kernel computes the product exactly under the bound ``max_partial_sum``
+    on every partial sum.
+    """
+
+    shift: int
+    weights: np.ndarray
+    scale: float
+    dtype: np.dtype
+    max_partial_sum: int
+
+
+def _first_layer_product(
+    px: Partition, pw: Partition, accumulated: np.ndarray, k: int, kernel: ProductKernel
+) -> FirstLayerProduct:
+    """:class:`FirstLayerProduct` for ``k`` components of the inputs and of ``accumulated``."""
+    max_x = (1 << (px.points[0] - px.points[k])) - 1
+    max_w = (1 << (pw.points[0] - pw.points[k])) - 1
+    bound = accumulated.shape[1] * max_x * max_w
+    dtype = kernel.dtype_for(bound, max(max_x, max_w))
+    digits = np.ldexp(accumulated, -pw.points[k]).T  # exact integers, (in, out)
+    scale = math.ldexp(1.0, px.points[k] + pw.points[k])
+    return FirstLayerProduct(
+        px.points[k] - px.points[-1], kernel.prepare(digits, dtype), scale, dtype, bound
+    )
+
+
+def _first_layer(plan: InferencePlan, rows: slice | np.ndarray, k: int) -> np.ndarray:
+    """``Z_1`` after ``k`` resolutions (k >= 1) for the samples ``rows``, float64, exact."""
+    step = plan.first_layer[k - 1]
+    z = _input_product(plan, rows, step.shift, step.weights, step.dtype)
+    z *= step.scale
+    z += plan.biases_after[k][0]
+    return z
+
+
+def _input_product(
+    plan: InferencePlan, rows: slice | np.ndarray, shift: int, weights: np.ndarray,
+    dtype: np.dtype,
+) -> np.ndarray:
+    """``_cut(input_units[rows], shift) @ weights`` by the plan's kernel, as float64.
+
+    ``weights`` is prepared by the kernel in ``dtype``, in which the product is exact.
+    """
+    block = plan.kernel.prepare(_cut(plan.input_units[rows], shift, plan.input_signed), dtype)
+    return np.asarray(plan.kernel.product(block, weights), dtype=np.float64)
+
+
+def _row_blocks(
+    plan: InferencePlan, samples: np.ndarray
+) -> Iterator[tuple[slice, slice | np.ndarray]]:
+    """The active ``samples`` in blocks: (positions among them, rows of the batch).
+
+    Everything a resolution computes for a block (its inputs converted for the kernel,
+    every layer's temporaries) stays in cache, and no temporary is large enough to be
+    mapped afresh from the operating system (page faults cost as much as the arithmetic).
+    """
+    n, width = len(samples), plan.input_units.shape[1]
+    rows = max(1, _BLOCK_BYTES // (width * max(s.dtype.itemsize for s in plan.first_layer)))
+    later = max((w.size for w in plan.network.weights[1:]), default=1)
+    rows = max(_MIN_BLOCK_ROWS, min(rows, _SINGLE_THREAD_PRODUCT // later))
+    for start in range(0, n, rows):
+        part = slice(start, min(n, start + rows))
+        yield part, part if n == plan.n_samples else samples[part]
 
 
 def _check_partitions(network: Network, px: Partition, pws: tuple[Partition, ...]) -> None:
@@ -661,32 +820,58 @@ def _check_partitions(network: Network, px: Partition, pws: tuple[Partition, ...
 
 
 def _upgrade(
-    plan: InferencePlan, H: list[np.ndarray], Z: list[np.ndarray], samples: np.ndarray, k: int,
-    rounding: float | None,
-) -> tuple[int, int]:
-    """Add component ``k`` (0-based) of the input and of every layer to the active samples'
-    ``H`` and ``Z`` (lists, whose arrays are replaced); return (bit_ops, flops)."""
-    net = plan.network
-    n = len(samples)
-    dh = plan.input_component(k, None if n == plan.n_samples else samples)
-    bit_ops = flops = 0
-    for layer in range(net.n_layers):
-        dA, db = plan.weight_parts[layer][k], plan.bias_parts[layer][k]
-        h_new = H[layer] + dh
-        dz = h_new @ dA.T + db
-        out, inp = dA.shape
-        flops += 2 * n * inp * out + n * out
-        if k:  # A is still zero at the first resolution: nothing to reuse yet.
-            dz += dh @ plan.weights_after[k][layer].T
-            flops += 2 * n * inp * out
+    plan: InferencePlan, state: InferenceState, rounding: float | None, in_place: bool
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], int, int]:
+    """Add the next component of the input and of every layer to the active samples.
+
+    Returns the new ``H`` and ``Z`` (new arrays), bit operations and flops. The first
+    layer's new ``Z_1`` is its exact product after ``k + 1`` components (with rounding,
+    the stored ``Z_1`` plus the rounded difference of the exact products after and
+    before). Every later layer takes the two products of METHOD §4 from the change of its
+    input, ``ΔH = σ(Z + ΔZ) - σ(Z)``, where ``σ(Z)`` is the stored ``H``. The work goes
+    by row blocks (:func:`_row_blocks`); ``in_place`` writes each block over the state's
+    own rows once they are read.
+    """
+    net, k, n = plan.network, state.resolution, len(state.samples)
+    sizes = net.layer_sizes
+    H = state.H if in_place else tuple(np.empty((n, s)) for s in sizes[1:-1])
+    Z = state.Z if in_place else tuple(np.empty((n, s)) for s in sizes[1:])
+    for part, rows in _row_blocks(plan, state.samples):
+        z = _first_layer(plan, rows, k + 1)
         if rounding is not None:
-            dz = np.round(dz / rounding) * rounding
-        bit_ops += _upgrade_bit_ops(plan, layer, k, n)
-        if layer < net.n_layers - 1:
-            dh = net.hidden.increment(Z[layer], dz)
-        H[layer] = h_new
-        Z[layer] = Z[layer] + dz
-    return bit_ops, flops
+            before = _first_layer(plan, rows, k) if k else 0.0
+            z = state.Z[0][part] + _rounded(z - before, rounding)
+        for layer in range(1, net.n_layers):
+            h = net.hidden.value(z)
+            dh = h - state.H[layer - 1][part]
+            Z[layer - 1][part], H[layer - 1][part] = z, h
+            dz = h @ plan.weight_parts[layer][k].T
+            dz += plan.bias_parts[layer][k]
+            if k:  # A is still zero at the first resolution: nothing to reuse yet.
+                dz += dh @ plan.weights_after[k][layer].T
+            if rounding is not None:
+                dz = _rounded(dz, rounding)
+            z = state.Z[layer][part] + dz
+        Z[-1][part] = z
+    bit_ops = sum(_upgrade_bit_ops(plan, layer, k, n) for layer in range(net.n_layers))
+    return H, Z, bit_ops, _upgrade_flops(plan, k, n, rounding)
+
+
+def _upgrade_flops(plan: InferencePlan, k: int, n: int, rounding: float | None) -> int:
+    """Floating-point operations :func:`_upgrade` executes for ``n`` samples at component ``k``."""
+    out, inp = plan.network.weights[0].shape
+    first = (2 * inp + 1) * out * n
+    flops = first * (2 if rounding is not None and k else 1)
+    for w in plan.network.weights[1:]:
+        out, inp = w.shape
+        flops += (2 * inp * out + out) * n + (2 * inp * out * n if k else 0)
+    return flops
+
+
+def _rounded(dz: np.ndarray, rounding: float) -> np.ndarray:
+    """``dz`` rounded to the grid ``rounding`` (nearest, ties to even)."""
+    return np.round(dz / rounding) * rounding
+
 
 def _upgrade_bit_ops(plan: InferencePlan, layer: int, k: int, n: int) -> int:
     """Bit operations of one layer's upgrade at component ``k`` for ``n`` samples.
@@ -742,33 +927,134 @@ def _logit_bounds(plan: InferencePlan, state: InferenceState) -> LogitBounds:
     input and e_W of its weights (W_full = A + e_W)::
 
         Z_full - Z = dH Aᵀ + (H + dH) e_Wᵀ + e_b
+
+    The first layer takes it in closed form (:class:`_FirstLayerBound`); the work goes by
+    row blocks, as the upgrades do.
     """
-    net, r = plan.network, state.resolution
-    negative = plan.input_negative[state.samples]
-    c_h, rad_h = _remainder(negative, plan.input_partition.tail_bound(r))
-    flops = 0
-    for layer in range(net.n_layers):
-        tail = plan.weight_partitions[layer].tail_bound(r)
-        A = plan.weights_after[r][layer]
-        c_w, rad_w = _remainder(np.signbit(net.weights[layer]), tail)
-        c_b, rad_b = _remainder(np.signbit(net.biases[layer]), tail)
-        c_H = state.H[layer] + c_h
-        w_mag = np.abs(A) + np.abs(c_w) + rad_w  # bounds |W_full|
-        b_mag = np.abs(plan.biases_after[r][layer]) + np.abs(c_b) + rad_b
-        center = c_h @ A.T + c_H @ c_w.T + c_b
-        radius = rad_h @ w_mag.T + np.abs(c_H) @ rad_w.T + rad_b
-        radius += _rounding_margin(plan, np.abs(c_H) + rad_h, w_mag, b_mag)
-        flops += 8 * c_h.shape[0] * A.size  # four products
-        lo = state.Z[layer] + center - radius
-        hi = state.Z[layer] + center + radius
-        if layer == net.n_layers - 1:
-            break
-        s_lo, s_hi = net.hidden.interval(lo, hi)
-        c_h = 0.5 * (s_lo + s_hi) - state.H[layer + 1]
-        rad_h = 0.5 * (s_hi - s_lo) + _EPS * (np.abs(s_lo) + np.abs(s_hi))
+    net, r, n = plan.network, state.resolution, len(state.samples)
+    first = _FirstLayerBound.of(plan, r)
+    layers = [_LayerBound.of(plan, layer, r) for layer in range(1, net.n_layers)]
+    lo, hi = np.empty((n, net.weights[-1].shape[0])), np.empty((n, net.weights[-1].shape[0]))
+    for part, rows in _row_blocks(plan, state.samples):
+        deviation = first.deviation(plan, rows)
+        b_lo, b_hi = state.Z[0][part] + deviation[0], state.Z[0][part] + deviation[1]
+        for layer, bound in enumerate(layers, start=1):
+            s_lo, s_hi = net.hidden.interval(b_lo, b_hi)
+            b_lo, b_hi = bound.interval(plan, state.H[layer - 1][part], s_lo, s_hi)
+            b_lo += state.Z[layer][part]
+            b_hi += state.Z[layer][part]
+        lo[part], hi[part] = b_lo, b_hi
+    flops = first.flops(plan, n) + sum(8 * n * bound.A.size for bound in layers)
     if net.output == "sigmoid":
         lo, hi = lo[:, 0], hi[:, 0]
     return LogitBounds(lower=lo, upper=hi, flops=flops)
+
+
+@dataclass(frozen=True)
+class _LayerBound:
+    """What the weights and bias of one layer after the first can still change, at ``r``."""
+
+    A: np.ndarray
+    c_w: np.ndarray
+    rad_w: np.ndarray
+    c_b: np.ndarray
+    rad_b: np.ndarray
+    w_mag: np.ndarray
+    b_mag: np.ndarray
+
+    @classmethod
+    def of(cls, plan: InferencePlan, layer: int, r: int) -> _LayerBound:
+        net, tail = plan.network, plan.weight_partitions[layer].tail_bound(r)
+        c_w, rad_w = _remainder(np.signbit(net.weights[layer]), tail)
+        c_b, rad_b = _remainder(np.signbit(net.biases[layer]), tail)
+        A = plan.weights_after[r][layer]
+        w_mag = np.abs(A) + np.abs(c_w) + rad_w  # bounds |W_full|
+        b_mag = np.abs(plan.biases_after[r][layer]) + np.abs(c_b) + rad_b
+        return cls(A, c_w, rad_w, c_b, rad_b, w_mag, b_mag)
+
+    def interval(
+        self, plan: InferencePlan, H: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(Z_full - Z)`` bounds from the layer's input interval ``[s_lo, s_hi]``."""
+        c_h = 0.5 * (s_lo + s_hi) - H
+        rad_h = 0.5 * (s_hi - s_lo) + _EPS * (np.abs(s_lo) + np.abs(s_hi))
+        c_H = H + c_h
+        center = c_h @ self.A.T + c_H @ self.c_w.T + self.c_b
+        radius = rad_h @ self.w_mag.T + np.abs(c_H) @ self.rad_w.T + self.rad_b
+        radius += _rounding_margin(plan, np.abs(c_H) + rad_h, self.w_mag, self.b_mag)
+        return center - radius, center + radius
+
+
+@dataclass(frozen=True)
+class _FirstLayerBound:
+    """The first layer of :func:`_logit_bounds` in closed form, at resolution ``r``.
+
+    An input's remainder is ``s t ± t`` (``t`` half the input's tail bound, ``s`` the
+    input's sign) and a weight's ``s_w t_w ± t_w``; with ``H`` the inputs cut to ``r``
+    components, which carry their sign (so ``|H + s t| = |H| + t``), the four products of
+    a general layer become::
+
+        center = t s Aᵀ + t_w H s_wᵀ + t t_w s s_wᵀ + c_b
+        radius = t Σ_j |W|_max + t_w (Σ_j |H| + n_in t) + rad_b + margin
+
+    where only ``H s_wᵀ`` and ``Σ_j |H|`` depend on the sample when no input is
+    negative: one exact product of small integers, ``H [s_wᵀ | 1]``, by the plan's kernel.
+    """
+
+    r: int
+    t: float
+    t_w: float
+    signs: np.ndarray
+    against: np.ndarray
+    dtype: np.dtype
+    A: np.ndarray
+    center: np.ndarray
+    radius: np.ndarray
+    margin: tuple[float, float]
+
+    @classmethod
+    def of(cls, plan: InferencePlan, r: int) -> _FirstLayerBound:
+        net, px, pw = plan.network, plan.input_partition, plan.weight_partitions[0]
+        A = plan.weights_after[r][0]
+        inp = A.shape[1]
+        t, t_w = 0.5 * px.tail_bound(r), 0.5 * pw.tail_bound(r)
+        signs = np.where(np.signbit(net.weights[0]), -1.0, 1.0)
+        c_b, rad_b = _remainder(np.signbit(net.biases[0]), pw.tail_bound(r))
+        w_mag = np.abs(A) + 2 * t_w  # bounds |W_full|
+        b_mag = np.abs(plan.biases_after[r][0]) + np.abs(c_b) + rad_b
+        max_h = (1 << (px.points[0] - px.points[r])) - 1  # |H| in units of its grid
+        dtype = plan.kernel.dtype_for(inp * max_h, max_h)
+        against = plan.kernel.prepare(np.hstack([signs.T, np.ones((inp, 1))]), dtype)
+        center = t * A.sum(axis=1) + (t * t_w) * signs.sum(axis=1) + c_b
+        radius = t * w_mag.sum(axis=1) + t_w * inp * t + rad_b
+        scale = 4 * (plan.resolutions + 2) * (inp + 3) * _EPS
+        margin = (scale * float(w_mag.max()), scale * (2 * inp * t * float(w_mag.max())
+                                                       + float(b_mag.max())))
+        return cls(r, t, t_w, signs, against, dtype, A, center, radius, margin)
+
+    def deviation(
+        self, plan: InferencePlan, rows: slice | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds on ``Z_1(full) - Z_1`` for the samples ``rows`` of the batch."""
+        px = plan.input_partition
+        shift, out = px.points[self.r] - px.points[-1], self.A.shape[0]
+        product = np.ldexp(_input_product(plan, rows, shift, self.against, self.dtype),
+                           px.points[self.r])
+        h_signs, h_abs = product[:, :out], product[:, out:]
+        center = self.center + self.t_w * h_signs
+        if plan.input_signed:  # s = 1 - 2 [x < 0]: per-sample sums, and Σ|H| apart from Σ H
+            units = plan.input_units[rows]
+            both = (units < 0) @ np.hstack([self.A.T, self.signs.T])
+            center -= 2 * self.t * both[:, :out] + (2 * self.t * self.t_w) * both[:, out:]
+            h_abs = np.ldexp(np.abs(_cut(units, shift, True)).sum(axis=1, keepdims=True,
+                                                                 dtype=np.float64),
+                             px.points[self.r])
+        radius = self.radius + self.t_w * h_abs + (self.margin[0] * h_abs + self.margin[1])
+        return center - radius, center + radius
+
+    def flops(self, plan: InferencePlan, n: int) -> int:
+        out, inp = self.A.shape
+        return 2 * n * inp * (out + 1) + (4 * n * inp * out if plan.input_signed else 0)
 
 
 def _remainder(negative: np.ndarray, tail: float) -> tuple[np.ndarray, np.ndarray]:
@@ -806,6 +1092,7 @@ def layered_inference(
     *,
     rounding: float | None = None,
     clip: bool = False,
+    kernel: ProductKernel | None = None,
 ) -> Iterator[InferenceResult]:
     """Run a network on ``X`` in successive resolutions, freezing samples by a rule.
 
@@ -827,6 +1114,10 @@ def layered_inference(
         then exact.
     clip : bool
         Clip values outside a partition's range (counted in ``clipped``) instead of raising.
+    kernel : ProductKernel, optional
+        Computes the exact small-integer products of the first layer (and of the certified
+        rule's bounds on it), in the arithmetic it chooses for their partial-sum bounds;
+        default :class:`~layered.layering.kernel.NumpyKernel`.
 
     Yields
     ------
@@ -850,7 +1141,8 @@ def layered_inference(
     """
     if rounding is not None and not (math.isfinite(rounding) and rounding > 0):
         raise ValueError(f"rounding must be a positive grid step or None, got {rounding!r}")
-    plan = plan_inference(model, X, input_partition, weight_partitions, clip=clip)
+    plan = plan_inference(model, X, input_partition, weight_partitions, clip=clip,
+                          kernel=kernel)
     policy = resolve_rule(rule)
     policy.check(model.output, rounding)
     return _resolutions(plan, policy, rounding)
@@ -863,7 +1155,7 @@ def _resolutions(
     started = time.monotonic()
     while True:
         t0 = time.monotonic()
-        upgrade = plan.advance(state, rounding)
+        upgrade = plan.advance(state, rounding, in_place=True)  # nobody else sees state
         decision = plan.decide(upgrade.state, policy, started=started)
         state = decision.state
         yield InferenceResult(

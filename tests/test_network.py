@@ -24,7 +24,8 @@ from layered.layering import (
     one_shot_cost,
     plan_inference,
 )
-from layered.layering.activations import leaky_relu, pl_sigmoid, relu
+from layered.layering.activations import PiecewiseLinear, leaky_relu, pl_sigmoid, relu
+from layered.layering.kernel import NumpyKernel
 
 HIDDEN = ("relu", "leaky-relu", "pl-sigmoid")
 OUTPUTS = (("sigmoid", 1), ("softmax", 5))
@@ -327,7 +328,8 @@ def test_a_restored_state_is_the_saved_one(reference_net, mnist_like):
     for a, b in zip((*state.H, *state.Z), (*restored.H, *restored.Z), strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     truncated = PIXELS.truncate(mnist_like(10, 40), 2)
-    np.testing.assert_array_equal(restored.H[0], truncated[restored.samples])
+    np.testing.assert_array_equal(plan.input_prefix(2, restored.samples),
+                                  truncated[restored.samples])
 
 
 def test_steps_refuse_states_that_do_not_fit(reference_net, mnist_like):
@@ -350,3 +352,125 @@ def test_steps_refuse_states_that_do_not_fit(reference_net, mnist_like):
         state = plan.advance(state).state
     with pytest.raises(ValueError, match="already holds all 4 resolutions"):
         plan.advance(state)
+
+
+# --- Exact small-integer products of the first layer, through the product kernel.
+class RecordingKernel(NumpyKernel):
+    """The numpy kernel, recording the operand dtypes it is asked for and its products."""
+
+    def __init__(self):
+        self.products = 0
+
+    def product(self, a, b):
+        self.products += 1
+        return super().product(a, b)
+
+
+class Float64Kernel(RecordingKernel):
+    """Always float64: exact for every partial-sum bound in these tests."""
+
+    def dtype_for(self, max_partial_sum, max_digit):
+        return np.dtype(np.float64)
+
+
+def _exact_logits(X, W, b, px, pw):
+    """One layer's Z on inputs and weights truncated by the partitions, in Python integers."""
+    xq = [[int(v) for v in row] for row in np.trunc(X / 2.0 ** px.points[-1])]
+    wq = [int(v) for v in np.trunc(W[0] / 2.0 ** pw.points[-1])]
+    scale = 2.0 ** (px.points[-1] + pw.points[-1])
+    return np.array([float(sum(x * w for x, w in zip(row, wq, strict=True)) * scale) + b[0]
+                     for row in xq])
+
+
+@pytest.mark.parametrize(("inputs", "dtype"), [(258, np.float32), (259, np.float64)])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_first_layer_runs_in_float32_exactly_up_to_its_partial_sum_limit(inputs, dtype, sign):
+    # 8-bit inputs and weights at their largest digits: the final product's partial sums
+    # reach inputs * 255 * 255, which is below 2**24 for 258 inputs and above it (and odd,
+    # so float32 would round it) for 259.
+    p = Partition((8, 4, 0))
+    X = np.full((3, inputs), sign * 255.0)
+    X[1, : inputs // 2] = sign * 17.0
+    W, b = np.full((1, inputs), 255.0), np.array([-48.0])  # on both grids
+    kernel = RecordingKernel()
+    plan = plan_inference(Network([W], [b]), X, p, [p], kernel=kernel)
+    assert [step.dtype for step in plan.first_layer] == [np.float32, np.dtype(dtype)]
+    assert plan.first_layer[-1].max_partial_sum == inputs * 255 * 255
+    results = list(layered_inference(Network([W], [b]), X, p, [p], kernel=kernel))
+    assert kernel.products > 0
+    assert np.array_equal(results[-1].logits, _exact_logits(X, W, b, p, p))
+    coarse = Partition((8, 4))  # the first resolution: both cut to one 4-bit component
+    assert np.array_equal(results[0].logits, _exact_logits(X, W, b, coarse, coarse))
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_any_exact_kernel_gives_the_same_inference_bit_for_bit(random_case, data):
+    ref, X, px, pws = random_case(data)
+    rule = data.draw(st.sampled_from([None, "margin", "certified"]), label="rule")
+    kernel = Float64Kernel()
+    default = list(layered_inference(ref.network(), X, px, pws, rule))
+    other = list(layered_inference(ref.network(), X, px, pws, rule, kernel=kernel))
+    assert kernel.products > 0 and len(default) == len(other)
+    for a, b in zip(default, other, strict=True):
+        assert np.array_equal(a.logits, b.logits) and np.array_equal(a.frozen_at, b.frozen_at)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_inputs_cut_to_k_components_equal_truncation(random_case, data):
+    ref, X, px, pws = random_case(data)
+    X[0, :4] = [-(2.0 ** px.points[-1]) / 2, -0.0, 2.0 ** px.points[-1], -(2.0 ** px.points[1])]
+    plan = plan_inference(ref.network(), X, px, pws)
+    samples = np.arange(0, len(X), 3)
+    for k in range(px.m + 1):
+        assert np.array_equal(plan.input_prefix(k), px.truncate(X, k))
+        assert np.array_equal(plan.input_prefix(k, samples), px.truncate(X, k)[samples])
+
+
+def test_advance_in_place_reuses_the_state_and_matches_fresh_arrays(reference_net, mnist_like):
+    ref = reference_net(31, (784, 12, 9, 3), "leaky-relu", "softmax")
+    plan = plan_inference(ref.network(), mnist_like(12, 60), PIXELS, [WEIGHTS] * 3)
+    state = plan.decide(plan.advance(plan.start()).state, FreezeSamples([4, 7], 1)).state
+    kept = [a.copy() for a in (*state.H, *state.Z)]
+    fresh = plan.advance(state).state
+    assert all(np.array_equal(a, b) for a, b in zip((*state.H, *state.Z), kept, strict=True))
+    reused = plan.advance(state, in_place=True).state
+    assert all(a is b for a, b in zip((*reused.H, *reused.Z), (*state.H, *state.Z), strict=True))
+    for a, b in zip((*fresh.H, *fresh.Z, fresh.logits), (*reused.H, *reused.Z, reused.logits),
+                    strict=True):
+        assert np.array_equal(a, b)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    z=st.lists(st.floats(-8, 8, allow_nan=False), min_size=1, max_size=20),
+    slopes=st.lists(st.floats(0, 3), min_size=1, max_size=4),
+)
+def test_activation_value_is_its_own_piece(z, slopes):
+    # Convex (slopes sorted up), concave (sorted down) and general pieces meeting at
+    # breaks -1, 0, 1, ...: value() must give each z its piece's slope * z + intercept.
+    for ordered in (sorted(slopes), sorted(slopes, reverse=True), slopes):
+        breaks = tuple(float(b) for b in range(-1, len(ordered) - 2))
+        intercepts = [0.5]
+        for b, (s0, s1) in zip(breaks, zip(ordered, ordered[1:], strict=False), strict=False):
+            intercepts.append(s0 * b + intercepts[-1] - s1 * b)
+        act = PiecewiseLinear("pl", breaks, tuple(ordered), tuple(intercepts))
+        v = np.array(z)
+        k = act.piece(v)
+        expected = np.take(act.slopes, k) * v + np.take(act.intercepts, k)
+        np.testing.assert_allclose(act.value(v), expected, rtol=0, atol=1e-12)
+
+
+def test_a_large_input_splits_in_parallel_parts_and_names_a_bad_value(reference_net, mnist_like):
+    # 1.2M values: converted by several threads where the machine has the cores.
+    ref = reference_net(32, (784, 4, 1))
+    X = mnist_like(13, 1500) - 0.5
+    plan = plan_inference(ref.network(), X, PIXELS, [WEIGHTS] * 2)
+    assert np.array_equal(plan.input_prefix(PIXELS.m), PIXELS.truncate(X, PIXELS.m))
+    X[1400, 3] = 1.0
+    with pytest.raises(PartitionRangeError, match=r"input X\[1400, 3\] = 1\.0"):
+        plan_inference(ref.network(), X, PIXELS, [WEIGHTS] * 2)
+    X[1400, 3] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        plan_inference(ref.network(), X, PIXELS, [WEIGHTS] * 2)
