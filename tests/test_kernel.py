@@ -1,0 +1,163 @@
+"""Product kernels: every kernel exact and bit-identical, and ``auto`` never picks one that
+is not exact or not available here."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from layered.layering import (
+    KernelUnavailableError,
+    NumpyKernel,
+    Partition,
+    layered_matmul,
+    resolve_kernel,
+)
+from layered.layering import kernel as kernel_module
+
+INT8 = np.dtype(np.int8)
+# the largest inner size at which int8 digits of magnitude 127 sum exactly in int32
+K_INT32_LIMIT = (2**31 - 1) // (127 * 127)
+
+
+def test_library_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None; import layered.layering as L;"
+            " assert L.resolve_kernel().name == 'numpy', L.resolve_kernel().name")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_kernel_or_device_is_rejected():
+    with pytest.raises(ValueError, match="unknown kernel 'fast'"):
+        resolve_kernel("fast")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_kernel("auto", "tpu")
+    with pytest.raises(ValueError, match="kernel='numpy' runs on the CPU"):
+        resolve_kernel("numpy", "cuda")
+
+
+def test_missing_torch_names_the_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(KernelUnavailableError, match=r'pip install -e "\.\[torch\]"'):
+        resolve_kernel("torch")
+    with pytest.raises(KernelUnavailableError, match="needs torch, which is not installed"):
+        list(layered_matmul(np.ones((2, 2)), np.ones((2, 2)), Partition((2, 0)),
+                            Partition((2, 0)), kernel="torch"))
+    assert resolve_kernel("auto").name == "numpy"
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("torch", "auto"):
+        with pytest.raises(KernelUnavailableError, match="needs a CUDA GPU, but none is visible"):
+            resolve_kernel(name, "cuda")
+
+
+def test_auto_uses_torch_on_the_cpu_only_with_an_int8_engine(monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(kernel_module, "_cuda_visible", lambda torch: False)
+    monkeypatch.setattr(kernel_module, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert resolve_kernel("auto").name == "numpy"
+    monkeypatch.setattr(kernel_module, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    monkeypatch.setattr(kernel_module, "_probe_passes", lambda device: True)
+    assert resolve_kernel("auto").name == "torch-cpu"
+    monkeypatch.setattr(kernel_module, "cpu_flags", lambda: frozenset({"amx_int8"}))
+    assert resolve_kernel("auto", "cpu").name == "torch-cpu"
+
+
+def test_auto_never_picks_an_engine_that_fails_its_probe(monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(kernel_module, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
+    monkeypatch.setattr(kernel_module, "_cuda_visible", lambda torch: True)
+    monkeypatch.setattr(kernel_module, "_probe_passes", lambda device: False)
+    assert resolve_kernel("auto").name == "numpy"
+
+
+def test_probe_rejects_an_int8_engine_that_saturates(monkeypatch):
+    pytest.importorskip("torch")
+
+    def saturating(self, a, b):
+        # u8 x s8 pairs summed in saturating int16 (vpmaddubsw, the AVX2 int8 path), with
+        # the +128 shift of the signed operand compensated afterwards
+        shifted = a.astype(np.int64) + 128
+        pairs = shifted[:, None, :] * b.astype(np.int64).T[None, :, :]
+        sums = np.clip(pairs[..., 0::2] + pairs[..., 1::2], -(2**15), 2**15 - 1).sum(-1)
+        return sums - 128 * b.astype(np.int64).sum(axis=0)
+
+    probe = kernel_module._probe_passes.__wrapped__
+    assert probe("cpu")
+    monkeypatch.setattr(kernel_module.TorchKernel, "product", saturating)
+    assert not probe("cpu")
+
+
+def test_int8_rule_stops_where_int32_partial_sums_could_overflow():
+    torch_rule = kernel_module.TorchKernel.dtype_for
+    kernel = kernel_module.TorchKernel.__new__(kernel_module.TorchKernel)
+    kernel.device = "cpu"
+    limit = K_INT32_LIMIT * 127 * 127
+    assert limit < 2**31 <= (K_INT32_LIMIT + 1) * 127 * 127
+    assert torch_rule(kernel, limit, 127) == INT8
+    assert torch_rule(kernel, limit + 127 * 127, 127) == np.float64
+    assert torch_rule(kernel, 1000, 128) == np.float32  # digits beyond int8: numpy's rule
+    assert NumpyKernel().dtype_for(limit, 127) == np.float64
+
+
+def test_int8_product_is_exact_at_the_int32_limit():
+    pytest.importorskip("torch")
+    kernel = resolve_kernel("torch", "cpu")
+    k = K_INT32_LIMIT
+    w = np.full((3, k), 127, dtype=np.int8)
+    w[1] = -127
+    w[2, ::2] = -127
+    x = np.full((k, 2), 127, dtype=np.int8)
+    x[:, 1] = -127
+    got = kernel.product(kernel.prepare(w, INT8), kernel.prepare(x, INT8))
+    np.testing.assert_array_equal(got, w.astype(np.int64) @ x.astype(np.int64))
+    assert got[0, 0] == k * 127 * 127
+    # the same operands through the layered product: int8 at the limit, exact
+    p = Partition((7, 0))
+    (res,) = layered_matmul(w.astype(float), x.astype(float), p, p, kernel=kernel)
+    assert res.dtypes == ("int8",)
+    np.testing.assert_array_equal(res.estimate, w.astype(np.int64) @ x.astype(np.int64))
+
+
+@st.composite
+def int8_problems(draw):
+    """Operands whose digits are int8-sized (widths up to 7), often at their extremes."""
+    m, k, n = draw(st.integers(1, 20)), draw(st.integers(1, 300)), draw(st.integers(1, 20))
+
+    def operand(rows, cols):
+        p0 = draw(st.integers(-2, 10))
+        widths = draw(st.lists(st.integers(1, 7), min_size=1, max_size=3))
+        p = Partition([p0] + [p0 - sum(widths[: i + 1]) for i in range(len(widths))])
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        top = p.limit - p.resolution  # every digit at its largest magnitude
+        kind = draw(st.sampled_from(["uniform", "extreme", "mixed"]))
+        if kind == "uniform":
+            a = rng.uniform(-1, 1, (rows, cols)) * p.limit * 0.999
+        else:
+            a = rng.choice([-top, top], (rows, cols))
+            if kind == "mixed":
+                a = np.where(rng.random((rows, cols)) < 0.5, a, 0.0)
+        return a, p
+
+    (W, pw), (X, px) = operand(m, k), operand(k, n)
+    return W, X, pw, px
+
+
+@pytest.mark.parametrize("ordering", ["anti-diagonal", "shells"])
+@pytest.mark.parametrize("reuse", ["none", "auto"])
+@settings(max_examples=30, deadline=None)
+@given(problem=int8_problems())
+def test_torch_kernel_is_bit_identical_to_numpy(ordering, reuse, problem):
+    pytest.importorskip("torch")
+    W, X, pw, px = problem
+    runs = [list(layered_matmul(W, X, pw, px, ordering=ordering, reuse=reuse, kernel=kernel))
+            for kernel in ("numpy", "torch")]
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a.estimate, b.estimate)
+        np.testing.assert_array_equal(a.bound, b.bound)
+    assert all(d == "int8" for r in runs[1] for d in r.dtypes)
