@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,8 +69,8 @@ INT8_ENGINE_FLAGS = ("avx512_vnni", "amx_int8")
 
 # Row blocks for reading one operand once against several others: about half an L2 cache.
 _PANEL_BLOCK_BYTES = 1 << 22
-# Row blocks of the data-dependent bound: its two outer products stay in cache.
-_BOUND_BLOCK_ELEMENTS = 1 << 15
+# Row blocks of the float64 accumulation and bound arithmetic: temporaries stay in cache.
+_ROW_BLOCK_ELEMENTS = 1 << 15
 
 _TORCH_INSTALL = 'pip install -e ".[torch]"'
 
@@ -166,49 +169,81 @@ class NumpyKernel:
         return outs
 
     def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any) -> Any:
-        # One float64 result written in place: every product is converted while it is
-        # added, and a power-of-two scale is exact, so no temporaries of the full size.
-        out: np.ndarray | None = None
-        for exponent, signed in terms:
-            scale = math.ldexp(1.0, exponent)
-            if len(signed) == 1 and out is None:
-                sign, product = signed[0]
-                out = np.multiply(product, sign * scale, dtype=np.float64)
-                continue
-            part = _signed_sum(signed)
-            if scale != 1.0:
-                np.multiply(part, scale, out=part)
-            out = part if out is None else np.add(out, part, out=out)
-        assert out is not None, "a resolution adds at least one product"
-        if previous is not None:
-            np.add(out, previous, out=out)
+        # Row blocks, on every core: products are converted while they are added and the
+        # power-of-two scales are exact, so memory sees each input read once and the
+        # result written once, with no full-size temporaries.
+        shape = np.shape(terms[0][1][0][1])
+        out = np.empty(shape, dtype=np.float64)
+        prev = None if previous is None else np.asarray(previous)
+
+        def block(start: int, stop: int) -> None:
+            rows = out[start:stop]
+            for k, (exponent, signed) in enumerate(terms):
+                target = rows if k == 0 else np.empty_like(rows)
+                _scaled_sum(signed, math.ldexp(1.0, exponent), start, stop, target)
+                if k:
+                    np.add(rows, target, out=rows)
+            if prev is not None:
+                np.add(rows, prev[start:stop], out=rows)
+
+        over_row_blocks(shape[0], _rows_per_block(shape), block)
         return out
 
     def bound(self, row_sum: np.ndarray, row_max: np.ndarray, col_sum: np.ndarray,
               col_max: np.ndarray, slack: float) -> Any:
-        # Row blocks: the two outer products of a block stay in cache, only the result is
-        # written to memory.
+        # Row blocks, on every core: the two outer products of a block stay in cache,
+        # only the result is written to memory.
         m, n = row_sum.shape[0], col_sum.shape[1]
         out = np.empty((m, n), dtype=np.float64)
         col_max, col_sum = col_max * slack, col_sum * slack
-        rows = max(1, _BOUND_BLOCK_ELEMENTS // max(1, n))
-        for start in range(0, m, rows):
-            stop = start + rows
+
+        def block(start: int, stop: int) -> None:
             by_rows = row_sum[start:stop] @ col_max
             np.minimum(by_rows, row_max[start:stop] @ col_sum, out=out[start:stop])
+
+        over_row_blocks(m, _rows_per_block((m, n)), block)
         return out
 
     def to_host(self, array: Any) -> np.ndarray:
         return np.asarray(array)
 
 
-def _signed_sum(signed: list[tuple[int, Any]]) -> np.ndarray:
-    """``Σ sign * product`` as a new float64 array (products are exact integers)."""
+def _scaled_sum(signed: list[tuple[int, Any]], scale: float, start: int, stop: int,
+                out: np.ndarray) -> None:
+    """``out = scale * Σ sign * product[start:stop]`` in float64 (exact integers)."""
     (sign, first), rest = signed[0], signed[1:]
-    out = np.multiply(first, float(sign), dtype=np.float64)
+    np.multiply(first[start:stop], sign * (1.0 if rest else scale), out=out, dtype=np.float64)
     for sign, product in rest:
-        (np.add if sign > 0 else np.subtract)(out, product, out=out, dtype=np.float64)
-    return out
+        (np.add if sign > 0 else np.subtract)(out, product[start:stop], out=out,
+                                              dtype=np.float64)
+    if rest and scale != 1.0:
+        np.multiply(out, scale, out=out)
+
+
+def _rows_per_block(shape: tuple[int, ...]) -> int:
+    return max(1, _ROW_BLOCK_ELEMENTS // max(1, int(np.prod(shape[1:]))))
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def over_row_blocks(m: int, rows: int, block: Callable[[int, int], None]) -> None:
+    """``block(start, stop)`` for row blocks of ``rows`` rows covering ``range(m)``.
+
+    The blocks run on a thread per core (numpy releases the GIL in its loops) when there
+    are several; ``block`` must write only its own rows.
+    """
+    global _pool
+    starts = range(0, m, rows)
+    workers = os.cpu_count() or 1
+    if workers == 1 or len(starts) < 2 * workers:
+        for start in starts:
+            block(start, min(start + rows, m))
+        return
+    if _pool is None or _pool[0] != os.getpid():  # threads do not survive a fork
+        _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="layering"))
+    for _ in _pool[1].map(lambda start: block(start, min(start + rows, m)), starts):
+        pass
 
 
 # ---------------------------------------------------------------------------- torch
