@@ -70,7 +70,7 @@ INT8_ENGINE_FLAGS = ("avx512_vnni", "amx_int8")
 # Row blocks for reading one operand once against several others: about half an L2 cache.
 _PANEL_BLOCK_BYTES = 1 << 22
 # Row blocks of the float64 accumulation and bound arithmetic: temporaries stay in cache.
-_ROW_BLOCK_ELEMENTS = 1 << 15
+_ROW_BLOCK_ELEMENTS = 1 << 13
 
 _TORCH_INSTALL = 'pip install -e ".[torch]"'
 
@@ -151,7 +151,17 @@ class NumpyKernel:
         return exact_dtype(max_partial_sum)
 
     def prepare(self, digits: np.ndarray, dtype: np.dtype) -> Any:
-        return np.ascontiguousarray(digits, dtype=dtype)
+        if digits.dtype == dtype and digits.flags.c_contiguous:
+            return digits
+        out = np.empty(digits.shape, dtype=dtype)
+        flat, source = out.reshape(-1), np.asarray(digits).reshape(-1)
+        rows = _ROW_BLOCK_ELEMENTS * 4
+
+        def convert(start: int, stop: int) -> None:
+            flat[start * rows : stop * rows] = source[start * rows : stop * rows]
+
+        over_row_blocks(-(-flat.size // rows), 1, convert)
+        return out
 
     def product(self, a: Any, b: Any) -> Any:
         return np.matmul(a, b)
@@ -166,6 +176,27 @@ class NumpyKernel:
             block = a[start : start + rows]
             for b, out in zip(bs, outs, strict=True):
                 np.matmul(block, b, out=out[start : start + rows])
+        return outs
+
+    def streamed_products(self, digits: np.ndarray, dtype: np.dtype, bs: list[Any]
+                          ) -> list[Any] | None:
+        """``[prepare(digits) @ b for b in bs]`` for thin ``bs``, converting ``digits`` row
+        block by row block in cache, so memory sees only the narrow digits once.
+
+        None where this kernel has nothing better than ``products`` on prepared digits.
+        """
+        if digits.dtype.itemsize >= dtype.itemsize or dtype.kind != "f":
+            return None
+        m, k = digits.shape
+        outs = [np.empty((m, b.shape[1]), dtype=dtype) for b in bs]
+        rows = max(1, _PANEL_BLOCK_BYTES // 4 // max(1, k * dtype.itemsize))
+
+        def block(start: int, stop: int) -> None:
+            wide = digits[start:stop].astype(dtype)
+            for b, out in zip(bs, outs, strict=True):
+                np.matmul(wide, b, out=out[start:stop])
+
+        over_row_blocks(m, rows, block)
         return outs
 
     def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any) -> Any:
@@ -242,7 +273,16 @@ def over_row_blocks(m: int, rows: int, block: Callable[[int, int], None]) -> Non
         return
     if _pool is None or _pool[0] != os.getpid():  # threads do not survive a fork
         _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="layering"))
-    for _ in _pool[1].map(lambda start: block(start, min(start + rows, m)), starts):
+    # a few runs of consecutive blocks per thread: little overhead, and a thread slowed
+    # by other load leaves its share to the others
+    runs = min(len(starts), 4 * workers)
+    bounds = [starts[len(starts) * r // runs] for r in range(runs)] + [m]
+
+    def run(r: int) -> None:
+        for start in range(bounds[r], bounds[r + 1], rows):
+            block(start, min(start + rows, bounds[r + 1]))
+
+    for _ in _pool[1].map(run, range(runs)):
         pass
 
 
@@ -307,7 +347,7 @@ class TorchKernel(NumpyKernel):
         return dtype
 
     def prepare(self, digits: np.ndarray, dtype: np.dtype) -> Any:
-        host = np.ascontiguousarray(digits, dtype=dtype)
+        host = super().prepare(digits, dtype)
         if self.device == "cpu":
             return host
         if dtype != np.int8:
@@ -338,6 +378,10 @@ class TorchKernel(NumpyKernel):
         if isinstance(a, np.ndarray) and a.dtype != np.int8:
             return super().products(a, bs)
         return [self.product(a, b) for b in bs]
+
+    def streamed_products(self, digits: np.ndarray, dtype: np.dtype, bs: list[Any]
+                          ) -> list[Any] | None:
+        return super().streamed_products(digits, dtype, bs) if self.device == "cpu" else None
 
     def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any) -> Any:
         if self.device == "cpu":

@@ -227,12 +227,17 @@ class ProductPlan:
                 if ii == i and jj != j and last > r and (ii, jj) not in self._kept
             ]
         dtype = self._dtype(self.w.max_digit(i), max(self.x.max_digit(jj) for jj in columns))
-        left = self.w.prepared(i, dtype, self.kernel)
         rights = [self.x.prepared(jj, dtype, self.kernel) for jj in columns]
-        if len(rights) == 1:
-            outs = [self.kernel.product(left, rights[0])]
-        else:
-            outs = self.kernel.products(left, rights)
+        # thin X: W's narrow digits converted in cache beat reading converted ones
+        streamed = getattr(self.kernel, "streamed_products", None)
+        outs = streamed(self.w.components.digits[i], dtype, rights) if (
+            self.reuse == "panel" and streamed is not None) else None
+        if outs is None:
+            left = self.w.prepared(i, dtype, self.kernel)
+            if len(rights) == 1:
+                outs = [self.kernel.product(left, rights[0])]
+            else:
+                outs = self.kernel.products(left, rights)
         for jj, out in zip(columns, outs, strict=True):
             self._kept[(i, jj)] = out
         return 2 * self.w.shape[0] * self.inner * self.x.shape[1] * len(columns), [dtype.name]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .kernel import ProductKernel, resolve_kernel
+from .kernel import ProductKernel, over_row_blocks, resolve_kernel
 from .ordering import Ordering, resolve_ordering
 from .partition import Components, Partition
 from .plan import ProductPlan, choose_reuse
@@ -158,12 +158,8 @@ class SplitOperand:
         """(sum, max) of |component i| along ``axis``, in real units (exact float64)."""
         key = ("stats", i, axis)
         if key not in self._prepared:
-            # |digit| fits the digits' own dtype (at most 2**width - 1); sums in int64
-            mag = np.abs(self.components.digits[i])
-            scale = math.ldexp(1.0, self.components.exponents[i])
-            total = mag.sum(axis=axis, dtype=np.int64).astype(np.float64)
-            stats = np.stack([total * scale, mag.max(axis=axis).astype(np.float64) * scale])
-            self._prepared[key] = stats
+            self._prepared[key] = _abs_stats(self.components.digits[i], axis,
+                                             math.ldexp(1.0, self.components.exponents[i]))
         s = self._prepared[key]
         return s[0], s[1]
 
@@ -174,6 +170,26 @@ class SplitOperand:
                 total += self.components.value(i)
             self._abs_max = float(np.max(np.abs(total)))
         return self._abs_max
+
+
+def _abs_stats(digits: np.ndarray, axis: int, scale: float) -> np.ndarray:
+    """``[sum, max]`` of ``|digits|`` along ``axis``, times ``scale``, as float64 (exact).
+
+    Integer arithmetic (``|digit|`` fits the digits' own dtype), rows on every core.
+    """
+    lines = digits.shape[1 - axis]
+    stats = np.empty((2, lines), dtype=np.float64)
+    wide = np.int32 if digits.shape[axis] * (1 << (8 * digits.itemsize - 1)) < 2**31 else np.int64
+
+    def block(start: int, stop: int) -> None:
+        part = digits[start:stop] if axis == 1 else digits[:, start:stop]
+        mag = np.abs(part)
+        stats[0, start:stop] = mag.sum(axis=axis, dtype=wide)
+        stats[1, start:stop] = mag.max(axis=axis)
+
+    over_row_blocks(lines, max(1, (1 << 16) // max(1, digits.shape[axis])), block)
+    stats *= scale
+    return stats
 
 
 @dataclass(frozen=True)
@@ -336,8 +352,8 @@ def layered_matmul(
     w = _as_split(W, pw, clip, "W")
     x = _as_split(X, px, clip, "X")
     k, n = w.shape[1], x.shape[1]
-    w_drop, w_abs = _truncation_drop(W, pw)
-    x_drop, x_abs = _truncation_drop(X, px)
+    w_drop, w_abs = _truncation_drop(W, w)
+    x_drop, x_abs = _truncation_drop(X, x)
     trunc = truncation_bound(k, w_drop, x_drop, w_abs, x_abs)
     plan = ProductPlan(w, x, order, engine, choose_reuse(reuse, n, px.m))
     omega = None
@@ -498,11 +514,15 @@ def _accumulation_is_exact(pw: Partition, px: Partition, inner: int) -> bool:
     return inner * ((1 << span) - 1) < 2**53
 
 
-def _truncation_drop(a: npt.ArrayLike | SplitOperand, p: Partition) -> tuple[float, float]:
+def _truncation_drop(a: npt.ArrayLike | SplitOperand, split: SplitOperand
+                     ) -> tuple[float, float]:
     """(bound on what truncation drops per entry, max |a|) of an original operand."""
     if isinstance(a, SplitOperand):
         # A pre-split operand is its truncated value: nothing more is dropped.
         return 0.0, a.truncated_abs_max()
+    p, comps = split.partition, split.components
+    if comps.abs_max is not None and comps.off_grid is not None:
+        return (p.resolution if comps.off_grid else 0.0), comps.abs_max  # from the split
     mag = np.abs(np.asarray(a, dtype=np.float64))
     on_grid = bool(np.all(np.ldexp(np.floor(np.ldexp(mag, -p.points[-1])), p.points[-1]) == mag))
     return (0.0 if on_grid else p.resolution), float(mag.max())
