@@ -298,13 +298,21 @@ def _import_torch(purpose: str) -> Any:
     return torch
 
 
-@dataclass(frozen=True)
+@dataclass
 class _DeviceOperand:
     """Digits on a CUDA device, zero-padded to cuBLASLt's int8 shape rules."""
 
     tensor: Any
     rows: int
     cols: int
+    _right: Any = None
+
+    def as_right(self, inner: int) -> Any:
+        """The first ``inner`` rows, column-major (the layout int8 GEMMs are fastest
+        with), made on first use as a right operand and kept."""
+        if self._right is None or self._right.shape[0] != inner:
+            self._right = self.tensor[:inner].t().contiguous().t()
+        return self._right
 
 
 class TorchKernel(NumpyKernel):
@@ -336,19 +344,22 @@ class TorchKernel(NumpyKernel):
             )
         self.device = device
         self.name = f"torch-{device}"
+        #: Whether operands, products, estimates and bounds live on the device as torch
+        #: tensors (a GPU) rather than in host memory as numpy arrays (a CPU).
+        self.resident = device == "cuda"
 
     def dtype_for(self, max_partial_sum: int, max_digit: int) -> np.dtype:
         if max_digit <= INT8_MAX_DIGIT and max_partial_sum < INT32_EXACT:
             return np.dtype(np.int8)
         dtype = exact_dtype(max_partial_sum)
-        if self.device == "cuda" and dtype == np.float32:
+        if self.resident and dtype == np.float32:
             # float32 GEMMs on a GPU may round through TF32; float64 never does.
             return np.dtype(np.float64)
         return dtype
 
     def prepare(self, digits: np.ndarray, dtype: np.dtype) -> Any:
         host = super().prepare(digits, dtype)
-        if self.device == "cpu":
+        if not self.resident:
             return host
         if dtype != np.int8:
             if dtype == np.int64:
@@ -364,13 +375,12 @@ class TorchKernel(NumpyKernel):
     def product(self, a: Any, b: Any) -> Any:
         torch = self.torch
         if isinstance(a, _DeviceOperand):
-            inner = a.tensor.shape[1]
-            out = torch._int_mm(a.tensor, b.tensor[:inner].contiguous())
+            out = torch._int_mm(a.tensor, b.as_right(a.tensor.shape[1]))
             return out[: a.rows, : b.cols]
         if isinstance(a, np.ndarray) and a.dtype == np.int8:
             out = torch._int_mm(torch.from_numpy(a), torch.from_numpy(b))
             return out.numpy()
-        if self.device == "cuda" and isinstance(a, np.ndarray):
+        if self.resident and isinstance(a, np.ndarray):
             return torch.from_numpy(np.matmul(a, b)).to(self.device)
         return a @ b
 
@@ -381,10 +391,10 @@ class TorchKernel(NumpyKernel):
 
     def streamed_products(self, digits: np.ndarray, dtype: np.dtype, bs: list[Any]
                           ) -> list[Any] | None:
-        return super().streamed_products(digits, dtype, bs) if self.device == "cpu" else None
+        return super().streamed_products(digits, dtype, bs) if not self.resident else None
 
     def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any) -> Any:
-        if self.device == "cpu":
+        if not self.resident:
             return super().combine(terms, previous)
         torch = self.torch
         out = None
@@ -396,7 +406,7 @@ class TorchKernel(NumpyKernel):
 
     def bound(self, row_sum: np.ndarray, row_max: np.ndarray, col_sum: np.ndarray,
               col_max: np.ndarray, slack: float) -> Any:
-        if self.device == "cpu":
+        if not self.resident:
             return super().bound(row_sum, row_max, col_sum, col_max, slack)
         rs, rm, cs, cm = (self._on_device(v) for v in (row_sum, row_max, col_sum, col_max))
         return self.torch.minimum(rs @ (cm * slack), rm @ (cs * slack))
@@ -407,9 +417,10 @@ class TorchKernel(NumpyKernel):
         return array.cpu().numpy()
 
     def _on_device(self, array: Any) -> Any:
-        if isinstance(array, np.ndarray):
-            return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
-        return array
+        if isinstance(array, self.torch.Tensor):
+            return array
+        host = np.ascontiguousarray(array, dtype=np.float64)
+        return self.torch.from_numpy(host).to(self.device)
 
 
 def _round8(n: int) -> int:

@@ -94,15 +94,16 @@ def test_probe_rejects_an_int8_engine_that_saturates(monkeypatch):
 
 
 def test_int8_rule_stops_where_int32_partial_sums_could_overflow():
-    torch_rule = kernel_module.TorchKernel.dtype_for
-    kernel = kernel_module.TorchKernel.__new__(kernel_module.TorchKernel)
-    kernel.device = "cpu"
+    pytest.importorskip("torch")
+    kernel = resolve_kernel("torch", "cpu")
     limit = K_INT32_LIMIT * 127 * 127
     assert limit < 2**31 <= (K_INT32_LIMIT + 1) * 127 * 127
-    assert torch_rule(kernel, limit, 127) == INT8
-    assert torch_rule(kernel, limit + 127 * 127, 127) == np.float64
-    assert torch_rule(kernel, 1000, 128) == np.float32  # digits beyond int8: numpy's rule
+    assert kernel.dtype_for(limit, 127) == INT8
+    assert kernel.dtype_for(limit + 127 * 127, 127) == np.float64
+    assert kernel.dtype_for(1000, 128) == np.float32  # digits beyond int8: numpy's rule
     assert NumpyKernel().dtype_for(limit, 127) == np.float64
+    kernel.resident = True  # on a GPU, float32 GEMMs may round through TF32
+    assert kernel.dtype_for(1000, 128) == np.float64
 
 
 def test_int8_product_is_exact_at_the_int32_limit():
@@ -161,3 +162,56 @@ def test_torch_kernel_is_bit_identical_to_numpy(ordering, reuse, problem):
         np.testing.assert_array_equal(a.estimate, b.estimate)
         np.testing.assert_array_equal(a.bound, b.bound)
     assert all(d == "int8" for r in runs[1] for d in r.dtypes)
+
+
+def device_resident_kernel():
+    """The GPU code path (padded int8 operands, tensors kept on the device until read),
+    run with the device's tensors in host memory, so it is tested without a GPU."""
+    kernel = resolve_kernel("torch", "cpu")
+    kernel.resident = True
+    return kernel
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 7, 3), (17, 8, 9), (40, 300, 24)])
+@pytest.mark.parametrize("points", [(14, 7, 0), (8, 4, 0), (9, 6, 3, 0)])
+def test_device_resident_path_keeps_results_on_the_device_and_exact(shape, points):
+    torch = pytest.importorskip("torch")
+    m, k, n = shape
+    p = Partition(points)
+    rng = np.random.default_rng(m * k * n)
+    top = p.limit - p.resolution
+    W = rng.integers(-top, top + 1, (m, k)).astype(float)
+    X = rng.choice([-top, top], (k, n))
+    kernel = device_resident_kernel()
+    ref = list(layered_matmul(W, X, p, p, kernel="numpy"))
+    kept = list(layered_matmul(W, X, p, p, kernel=kernel, to_host=False))
+    read = list(layered_matmul(W, X, p, p, kernel=kernel))
+    for a, b, c in zip(ref, kept, read, strict=True):
+        assert isinstance(b.estimate, torch.Tensor) and isinstance(c.estimate, np.ndarray)
+        np.testing.assert_array_equal(b.estimate.numpy(), a.estimate)
+        np.testing.assert_array_equal(c.estimate, a.estimate)
+        # the same bound up to the order of float64 additions, and it holds
+        np.testing.assert_allclose(np.broadcast_to(c.bound, a.estimate.shape),
+                                   np.broadcast_to(a.bound, a.estimate.shape), rtol=1e-14)
+        assert np.all(np.abs(W @ X - c.estimate) <= c.bound)
+        assert b.max_bound == pytest.approx(a.max_bound, rel=1e-14)
+    assert all(d in ("int8", "float64") for r in kept for d in r.dtypes)
+
+
+def test_row_blocks_on_the_device_continue_from_host_estimates():
+    pytest.importorskip("torch")
+    from layered.layering import Ordering, SplitOperand, resolution_block
+
+    p = Partition((14, 7, 0))
+    rng = np.random.default_rng(5)
+    W = rng.integers(-(2**14) + 1, 2**14, (30, 50)).astype(float)
+    X = rng.integers(-(2**14) + 1, 2**14, (50, 4)).astype(float)
+    order = Ordering.anti_diagonal(2, 2)
+    w, x = SplitOperand(W[10:], p, name="W"), SplitOperand(X, p, name="X")
+    whole = list(layered_matmul(W, X, p, p, kernel="numpy"))
+    previous, kept = None, None
+    for r in range(1, order.resolutions + 1):
+        res, kept = resolution_block(w, x, order, r, previous, kept=kept, reuse="auto",
+                                     kernel=device_resident_kernel())
+        np.testing.assert_array_equal(res.estimate, whole[r - 1].estimate[10:])
+        previous = res.estimate
