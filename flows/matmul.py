@@ -44,7 +44,13 @@ from layered.data.store import Run, RunStore, new_run_id
 from layered.flows import lifecycle
 from layered.flows.cluster import dask_task_runner
 from layered.flows.lifecycle import Stop
-from layered.flows.request import MatmulRequest, MatmulSpec, check_limits, resolve_matmul
+from layered.flows.request import (
+    MatmulRequest,
+    MatmulSpec,
+    check_kernel,
+    check_limits,
+    resolve_matmul,
+)
 from layered.layering.product import truncation_bound
 from layered.settings import Settings
 from layered.tasks import report
@@ -86,6 +92,8 @@ def matmul_flow(
     store: str | None = None,
     run_id: str | None = None,
     block_rows: int | None = None,
+    kernel: str = "auto",
+    device: str | None = None,
 ) -> dict[str, Any] | State:
     """A layered product ``W @ X`` in successive resolutions, persisted and resumable.
 
@@ -102,6 +110,8 @@ def matmul_flow(
     store : the run store directory.
     run_id : resume this run (or start it under this id).
     block_rows : rows of W per Dask block.
+    kernel, device : the product kernel (``"auto"``, ``"numpy"``, ``"torch"``) and device
+        (``"cpu"``, ``"cuda"``), resolved on each worker; results do not depend on them.
 
     Returns
     -------
@@ -112,6 +122,7 @@ def matmul_flow(
     started_at = time.time()
     deadline_at = None if deadline is None else started_at + deadline
     check_limits(deadline, tolerance, block_rows)
+    check_kernel(kernel, device)
     report.warm_up_plotting()
     settings = Settings.from_env().replace(store=Path(store) if store else None,
                                            block_rows=block_rows)
@@ -125,7 +136,7 @@ def matmul_flow(
     spec = resolve_matmul(request, settings, stored["parameters"] if stored else None)
     with lifecycle.running(runs, run_id, "matmul", spec.parameters, started_at,
                            deadline_at) as run:
-        prepared = _prepare(run, spec, settings, deadline_at)
+        prepared = _prepare(run, spec, settings, deadline_at, (kernel, device))
         stop = (prepared if isinstance(prepared, Stop)
                 else _layer_resolutions(run, prepared, tolerance, deadline_at))
         return lifecycle.finish(run, runs, stop, plot=report.plot_matmul,
@@ -193,7 +204,8 @@ def _persist(
 
 
 def _prepare(
-    run: Run, spec: MatmulSpec, settings: Settings, deadline_at: float | None
+    run: Run, spec: MatmulSpec, settings: Settings, deadline_at: float | None,
+    kernel: tuple[str, str | None] = ("auto", None),
 ) -> MatmulJob | Stop:
     """Operands on disk, split into digit files, and the reference product (once per run)."""
     w, x = _operand_sources(run, spec)
@@ -201,7 +213,7 @@ def _prepare(
         w, x, spec.pw, spec.px, spec.order,
         w_digits=tuple(run.array_path(f"digits/W-{i}.npy") for i in range(spec.pw.m)),
         x_digits=tuple(run.array_path(f"digits/X-{j}.npy") for j in range(spec.px.m)),
-        block_rows=settings.block_rows,
+        block_rows=settings.block_rows, kernel=kernel[0], device=kernel[1],
     )
     prepared = run.manifest["prepared"]
     split = "digits" not in prepared

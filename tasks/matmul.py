@@ -68,6 +68,9 @@ class MatmulJob:
     reuse : str
         Product plan of every block (see :mod:`layered.layering.plan`); a block keeps the
         products it computed early on its worker until the resolution that adds them.
+    kernel, device : str
+        Product kernel and device, by name (see :func:`layered.layering.resolve_kernel`),
+        resolved on each worker: a worker with a GPU uses it under ``"auto"``.
     """
 
     w: ArraySource
@@ -81,6 +84,8 @@ class MatmulJob:
     reference: str | None = None
     truncation: float = 0.0
     reuse: str = "auto"
+    kernel: str = "auto"
+    device: str | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -152,11 +157,9 @@ def _split_block(
     rows: tuple[int, int],
 ) -> bool:
     """Split rows of an operand into digit files; True if any value was off the grid."""
-    block = source.rows(*rows)
-    save_digits(partition.components(block, name=name), paths, rows)
-    if block.dtype.kind in "iu" and partition.points[-1] <= 0:
-        return False  # integers are on every grid of step 2**p, p <= 0
-    return bool(np.any(partition.truncate(block) != block))
+    components = partition.components(source.rows(*rows), name=name)
+    save_digits(components, paths, rows)
+    return bool(components.off_grid)  # found by the split itself
 
 
 @functools.lru_cache(maxsize=2)
@@ -244,6 +247,7 @@ def _layer_block(
     res, kept = resolution_block(
         w, x, job.order, resolution, prev, truncation=job.truncation,
         kept=kept if for_resolution == resolution else None, reuse=job.reuse,
+        kernel=job.kernel, device=job.device,
     )
     if kept and resolution < job.order.resolutions:
         _KEPT[key] = (resolution + 1, kept)
