@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -73,6 +74,11 @@ _PANEL_BLOCK_BYTES = 1 << 22
 _ROW_BLOCK_ELEMENTS = 1 << 13
 
 _TORCH_INSTALL = 'pip install -e ".[torch]"'
+
+# Importing torch adds about 200 MiB to a process. "auto" imports it only where that is a
+# small share of the memory the process may use (or torch is imported already).
+TORCH_IMPORT_BYTES = 200 * 2**20
+_TORCH_MEMORY_SHARE = 10
 
 
 class KernelUnavailableError(ValueError):
@@ -440,7 +446,11 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def _torch_or_none() -> Any:
+def _torch_or_none(memory_limit: int | None = None) -> Any:
+    """torch, or None if it is not installed or importing it would not fit the memory."""
+    if (memory_limit is not None and "torch" not in sys.modules
+            and memory_limit < _TORCH_MEMORY_SHARE * TORCH_IMPORT_BYTES):
+        return None
     try:
         import torch
     except ImportError:
@@ -475,9 +485,9 @@ def _probe_passes(device: str) -> bool:
         return False
 
 
-def _auto(device: str | None) -> ProductKernel:
+def _auto(device: str | None, memory_limit: int | None) -> ProductKernel:
     """The fastest kernel that is exact here, on ``device`` (None: any)."""
-    torch = _torch_or_none()
+    torch = _torch_or_none(memory_limit)
     if device == "cuda":
         kernel = TorchKernel("cuda")  # raises, naming what is missing
         if not _probe_passes("cuda"):
@@ -491,8 +501,8 @@ def _auto(device: str | None) -> ProductKernel:
     return NumpyKernel()
 
 
-def resolve_kernel(kernel: str | ProductKernel = "auto", device: str | None = None
-                   ) -> ProductKernel:
+def resolve_kernel(kernel: str | ProductKernel = "auto", device: str | None = None,
+                   *, memory_limit: int | None = None) -> ProductKernel:
     """The product kernel for a name and device.
 
     Parameters
@@ -504,6 +514,10 @@ def resolve_kernel(kernel: str | ProductKernel = "auto", device: str | None = No
     device : {"cpu", "cuda"}, optional
         Where products run; None lets ``"auto"`` choose (``"torch"`` then uses a GPU if
         one is visible).
+    memory_limit : int, optional
+        Bytes this process may use (a Dask worker's limit, say). ``"auto"`` then imports
+        torch only if that takes a small share of it (:data:`TORCH_IMPORT_BYTES`, about
+        200 MiB, at most a tenth), unless torch is imported already.
 
     Raises
     ------
@@ -535,4 +549,4 @@ def resolve_kernel(kernel: str | ProductKernel = "auto", device: str | None = No
         if device is None:
             device = "cuda" if _cuda_visible(_torch_or_none()) else "cpu"
         return TorchKernel(device)
-    return _auto(device)
+    return _auto(device, memory_limit)

@@ -215,3 +215,16 @@ def test_row_blocks_on_the_device_continue_from_host_estimates():
                                      kernel=device_resident_kernel())
         np.testing.assert_array_equal(res.estimate, whole[r - 1].estimate[10:])
         previous = res.estimate
+
+
+def test_auto_does_not_import_torch_into_a_process_with_little_memory(monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(kernel_module, "_cuda_visible", lambda torch: False)
+    monkeypatch.setattr(kernel_module, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
+    monkeypatch.setattr(kernel_module, "_probe_passes", lambda device: True)
+    small = 256 * 2**20  # a Dask worker limited to 256 MiB: torch alone takes most of it
+    assert resolve_kernel("auto", memory_limit=16 * 2**30).name == "torch-cpu"
+    assert resolve_kernel("auto", memory_limit=small).name == "torch-cpu"  # imported already
+    monkeypatch.delitem(sys.modules, "torch")  # as if not imported yet (restored after)
+    assert resolve_kernel("auto", memory_limit=small).name == "numpy"
+    assert "torch" not in sys.modules
