@@ -274,11 +274,12 @@ class Partition:
         digits = [np.empty(flat.shape, dtype=_digit_dtype(w)) for w in self.widths]
         starts = range(0, flat.size, _BLOCK)
         scans: list[tuple[float, bool] | None] = [None] * len(starts)
+        seen_off_grid: list[bool] = []  # once a block is off the grid, no more checks
 
         def split(first: int, stop: int) -> None:
             scratch = self._scratch(flat)  # reused: fresh pages cost more than the work
             for b in range(first, stop):
-                scans[b] = self._split_block(flat, digits, starts[b], scratch)
+                scans[b] = self._split_block(flat, digits, starts[b], scratch, seen_off_grid)
 
         over_row_blocks(len(starts), 1, split)
         if any(s is None for s in scans):
@@ -292,17 +293,17 @@ class Partition:
         )
 
     def _scratch(self, flat: np.ndarray) -> list[np.ndarray]:
-        """Block-sized buffers for :meth:`_split_block`: two for ``T_k``, two floats."""
+        """Block-sized buffers for :meth:`_split_block`: two for ``T_k``, three floats."""
         # |T_k| < 2**(p_0 - p_k): int32 holds it for spans up to 30 bits
         ints = np.int32 if self.points[0] - self.points[-1] <= 30 else np.int64
         floats = flat.dtype if flat.dtype.kind == "f" else np.dtype(np.float64)
         size = min(_BLOCK, flat.size)
         return [np.empty(size, dtype=ints), np.empty(size, dtype=ints),
-                np.empty(size, dtype=floats), np.empty(size, dtype=floats)]
+                *(np.empty(size, dtype=floats) for _ in range(3))]
 
     def _split_block(
         self, flat: np.ndarray, digits: list[np.ndarray], start: int,
-        scratch: list[np.ndarray],
+        scratch: list[np.ndarray], seen_off_grid: list[bool],
     ) -> tuple[float, bool] | None:
         """Write the digits of ``flat[start:start + _BLOCK]``.
 
@@ -310,12 +311,13 @@ class Partition:
         of range (or NaN).
         """
         block = flat[start : start + _BLOCK]
+        previous, t, scaled, whole, converted = (s[: block.size] for s in scratch)
         if block.dtype.kind not in "f":
-            block = block.astype(np.float64)  # integers and booleans: exact below 2**53
+            converted[...] = block  # integers and booleans: exact below 2**53
+            block = converted
         hi, lo = float(block.max()), float(block.min())
         if not (hi < self.limit and -lo < self.limit):  # also catches NaN
             return None
-        previous, t, scaled, whole = (s[: block.size] for s in scratch)
         off_grid = False
         for i in range(self.m):
             scale = math.ldexp(1.0, -self.points[i + 1])
@@ -331,7 +333,9 @@ class Partition:
                 if i + 1 < self.m:
                     np.left_shift(t, self.widths[i + 1], out=previous)
             if i == self.m - 1:
-                off_grid = not np.array_equal(values, np.trunc(values, out=whole))
+                if not seen_off_grid and not np.array_equal(values, np.trunc(values, out=whole)):
+                    off_grid = True
+                    seen_off_grid.append(True)
         return max(hi, -lo), off_grid
 
     def split(self, a: npt.ArrayLike, *, clip: bool = False) -> list[np.ndarray]:
