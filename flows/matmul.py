@@ -55,6 +55,7 @@ from layered.layering.product import truncation_bound
 from layered.request import (
     MatmulRequest,
     MatmulSpec,
+    check_kernel,
     check_limits,
     check_room,
     resolve_matmul,
@@ -98,6 +99,8 @@ def matmul_flow(
     store: str | None = None,
     run_id: str | None = None,
     block_rows: int | None = None,
+    kernel: str = "auto",
+    device: str | None = None,
 ) -> dict[str, Any] | State:
     """A layered product ``W @ X`` in successive resolutions, persisted and resumable.
 
@@ -114,6 +117,8 @@ def matmul_flow(
     store : the run store directory.
     run_id : resume this run (or start it under this id).
     block_rows : rows of W per Dask block.
+    kernel, device : the product kernel (``"auto"``, ``"numpy"``, ``"torch"``) and device
+        (``"cpu"``, ``"cuda"``), resolved on each worker; results do not depend on them.
 
     Returns
     -------
@@ -124,6 +129,7 @@ def matmul_flow(
     started_at = time.time()
     deadline_at = None if deadline is None else started_at + deadline
     check_limits(deadline, tolerance, block_rows)
+    check_kernel(kernel, device)
     report.warm_up_plotting()
     settings = Settings.from_env().replace(store=Path(store) if store else None,
                                            block_rows=block_rows)
@@ -139,7 +145,7 @@ def matmul_flow(
         check_room(spec, settings.store)
     with lifecycle.running(runs, run_id, "matmul", spec.parameters, started_at,
                            deadline_at) as run:
-        prepared = _prepare(run, spec, settings, deadline_at)
+        prepared = _prepare(run, spec, settings, deadline_at, (kernel, device))
         if isinstance(prepared, Stop):
             stop = prepared
         else:
@@ -228,7 +234,8 @@ def _persist(
 
 
 def _prepare(
-    run: Run, spec: MatmulSpec, settings: Settings, deadline_at: float | None
+    run: Run, spec: MatmulSpec, settings: Settings, deadline_at: float | None,
+    kernel: tuple[str, str | None] = ("auto", None),
 ) -> MatmulJob | Stop:
     """Operands on disk and split into digit files (once per run)."""
     w, x = _operand_sources(run, spec)
@@ -236,7 +243,7 @@ def _prepare(
         w, x, spec.pw, spec.px, spec.order,
         w_digits=tuple(run.array_path(f"digits/W-{i}.npy") for i in range(spec.pw.m)),
         x_digits=tuple(run.array_path(f"digits/X-{j}.npy") for j in range(spec.px.m)),
-        block_rows=settings.block_rows,
+        block_rows=settings.block_rows, kernel=kernel[0], device=kernel[1],
     )
     if "digits" not in run.manifest["prepared"]:
         staged = _stage_digits(run, job)

@@ -117,6 +117,11 @@ def _add_matmul(pipelines: Any, defaults: Settings) -> None:
     p.add_argument("--block-rows", type=int, metavar="N", default=defaults.block_rows,
                    help="rows of W per Dask block; a deadline is honoured within one"
                    f" block's time (default {defaults.block_rows})")
+    p.add_argument("--kernel", choices=("auto", "numpy", "torch"), default="auto",
+                   help="product kernel on the workers: auto (default) picks the fastest"
+                   " exact one there; torch needs the torch extra; results are identical")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="where products run (default: the kernel's choice)")
     _common(p, defaults)
     p.set_defaults(handler=_run_matmul)
 
@@ -265,9 +270,16 @@ def _add_server(commands: Any, defaults: Settings) -> None:
 # ---------------------------------------------------------------------------- commands
 def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
     from layered.data.store import RunStore, new_run_id
-    from layered.request import MatmulRequest, check_limits, check_room, resolve_matmul
+    from layered.request import (
+        MatmulRequest,
+        check_kernel,
+        check_limits,
+        check_room,
+        resolve_matmul,
+    )
 
     check_limits(args.deadline, args.tolerance, args.block_rows)
+    check_kernel(args.kernel, args.device)
     settings = settings.replace(store=args.store, dask_address=args.address,
                                 block_rows=args.block_rows)
     run_id = args.run_id or new_run_id("matmul")
@@ -287,7 +299,8 @@ def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
             shape=args.shape, seed=args.seed, operands=args.operands, bits=args.bits,
             partition=args.partition, ordering=args.ordering, deadline=args.deadline,
             tolerance=args.tolerance, store=str(settings.store), run_id=run_id,
-            block_rows=settings.block_rows, return_state=True,
+            block_rows=settings.block_rows, kernel=args.kernel, device=args.device,
+            return_state=True,
         )
 
     return _run_pipeline("matmul", flow_call, settings, run_id, args.json)

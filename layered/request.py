@@ -166,6 +166,33 @@ def check_limits(
         raise ValueError(f"block_rows must be a positive integer, got {block_rows!r}")
 
 
+def check_kernel(kernel: str, device: str | None) -> None:
+    """Refuse a product kernel or device this machine cannot provide, before a run starts.
+
+    ``"auto"`` on any device is always available (it falls back to numpy); the check
+    resolves the others here, where the run is started (Dask workers resolve the same
+    names themselves).
+
+    Raises
+    ------
+    ValueError
+        An unknown kernel or device, or one that is missing here (torch not installed,
+        no CUDA GPU), saying what is missing and how to install it.
+
+    Examples
+    --------
+    >>> check_kernel("numpy", None)
+    >>> check_kernel("numpy", "cuda")
+    Traceback (most recent call last):
+    ...
+    ValueError: kernel='numpy' runs on the CPU; use kernel='torch' or 'auto' with device='cuda'
+    """
+    from layered.layering import resolve_kernel
+
+    if kernel != "auto" or device not in (None, "cpu"):
+        resolve_kernel(kernel, device)
+
+
 def _fill(request: MatmulRequest, values: Mapping[str, Any]) -> MatmulRequest:
     own = {k: getattr(request, k) for k in request.__dataclass_fields__}
     return MatmulRequest(**{k: own[k] if own[k] is not None else values.get(k) for k in own})

@@ -28,7 +28,14 @@ from .decision import (
     predicted_class,
     resolve_rule,
 )
-from .kernel import NumpyKernel, ProductKernel
+from .kernel import (
+    KERNEL_NAMES,
+    KernelUnavailableError,
+    NumpyKernel,
+    ProductKernel,
+    TorchKernel,
+    resolve_kernel,
+)
 from .network import (
     STOP_REASONS,
     InferencePlan,
@@ -81,6 +88,10 @@ __all__ = [
     "Components",
     "LayeredResult",
     "NumpyKernel",
+    "KERNEL_NAMES",
+    "KernelUnavailableError",
+    "TorchKernel",
+    "resolve_kernel",
     "ORDERING_NAMES",
     "Ordering",
     "Partition",

@@ -1,27 +1,88 @@
-"""The product kernel: the one seam where component products are computed.
+"""Product kernels: the one seam where component products are computed.
 
 A kernel multiplies two arrays of small signed integers (the digits of one W component and
-one X component) and returns their exact integer product as float64. The choice of
-arithmetic is the kernel's; it is told a guaranteed upper bound on every partial sum so it
-can pick one that is exact. Faster backends (int8 GEMM, GPU) implement the same two methods.
+one X component) exactly. The choice of arithmetic is the kernel's; it is told a guaranteed
+upper bound on every partial sum so it can pick one that is exact:
+
+``NumpyKernel``
+    BLAS through numpy: float32 while partial sums stay below 2**24, else float64/int64.
+``TorchKernel``
+    ``torch._int_mm`` (int8 x int8 -> int32) while every |digit| <= 127 and every partial
+    sum stays below 2**31, on a CUDA GPU or on a CPU with an int8 dot-product engine
+    (AVX-512 VNNI, AMX); the numpy rule otherwise. On a GPU the operands, products,
+    estimates and bounds stay on the device.
+
+:func:`resolve_kernel` turns a name (``"auto"``, ``"numpy"``, ``"torch"``) and a device
+into a kernel. ``"auto"`` picks the fastest engine that is exact on this machine: a CUDA
+GPU, else torch on a CPU with VNNI or AMX, else numpy, and only an engine that passes an
+exactness probe. torch is optional and imported only when a torch kernel is asked for.
+
+Examples
+--------
+>>> kernel = resolve_kernel("numpy")
+>>> kernel.dtype_for(max_partial_sum=1000, max_digit=15)
+dtype('float32')
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import functools
+import math
+import os
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["ProductKernel", "NumpyKernel", "exact_dtype", "FLOAT32_EXACT", "FLOAT64_EXACT"]
+__all__ = [
+    "ProductKernel",
+    "NumpyKernel",
+    "TorchKernel",
+    "KernelUnavailableError",
+    "KERNEL_NAMES",
+    "DEVICES",
+    "resolve_kernel",
+    "exact_dtype",
+    "cpu_flags",
+    "FLOAT32_EXACT",
+    "FLOAT64_EXACT",
+    "INT32_EXACT",
+]
+
+KERNEL_NAMES = ("auto", "numpy", "torch")
+DEVICES = ("cpu", "cuda")
 
 # Integers up to these magnitudes are represented exactly, and so is every partial sum of a
 # dot product that stays below them, in whatever order BLAS adds.
 FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
 INT64_EXACT = 2**63
+# int8 x int8 products summed in int32: exact while every partial sum stays below this.
+INT32_EXACT = 2**31
+INT8_MAX_DIGIT = 127
+
+# CPU flags (as /proc/cpuinfo spells them) of an int8 dot-product engine that makes
+# torch's int8 GEMM faster than float BLAS; without one it is a slow reference path.
+INT8_ENGINE_FLAGS = ("avx512_vnni", "amx_int8")
 
 # Row blocks for reading one operand once against several others: about half an L2 cache.
 _PANEL_BLOCK_BYTES = 1 << 22
+# Row blocks of the float64 accumulation and bound arithmetic: temporaries stay in cache.
+_ROW_BLOCK_ELEMENTS = 1 << 13
+
+_TORCH_INSTALL = 'pip install -e ".[torch]"'
+
+# Importing torch adds about 200 MiB to a process. "auto" imports it only where that is a
+# small share of the memory the process may use (or torch is imported already).
+TORCH_IMPORT_BYTES = 200 * 2**20
+_TORCH_MEMORY_SHARE = 10
+
+
+class KernelUnavailableError(ValueError):
+    """A kernel or device was asked for that this machine cannot provide."""
 
 
 def exact_dtype(max_partial_sum: int) -> np.dtype:
@@ -39,9 +100,15 @@ def exact_dtype(max_partial_sum: int) -> np.dtype:
 
 
 class ProductKernel(Protocol):
-    """What a product backend provides."""
+    """What a product backend provides.
+
+    ``dtype_for``, ``prepare``, ``product`` and ``products`` compute exact digit-unit
+    products; ``combine``, ``bound`` and ``to_host`` do the (float64) accumulation and
+    bound arithmetic where the products live, so a device kernel keeps them there.
+    """
 
     name: str
+    device: str
 
     def dtype_for(self, max_partial_sum: int, max_digit: int) -> np.dtype:
         """The operand dtype in which this kernel computes a product exactly.
@@ -51,16 +118,32 @@ class ProductKernel(Protocol):
         """
         ...
 
-    def prepare(self, digits: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    def prepare(self, digits: np.ndarray, dtype: np.dtype) -> Any:
         """Convert one component's digits to the operand form ``product`` expects."""
         ...
 
-    def product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def product(self, a: Any, b: Any) -> Any:
         """``a @ b`` for prepared operands of the same dtype; exact by construction."""
         ...
 
-    def products(self, a: np.ndarray, bs: list[np.ndarray]) -> list[np.ndarray]:
+    def products(self, a: Any, bs: list[Any]) -> list[Any]:
         """``[a @ b for b in bs]``, reading ``a`` from memory once where it can."""
+        ...
+
+    def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any) -> Any:
+        """``previous + Σ 2**e (Σ sign * product)`` over ``terms = [(e, [(sign, product)])]``.
+
+        A new float64 array; ``previous`` (None for zeros) is not modified.
+        """
+        ...
+
+    def bound(self, row_sum: np.ndarray, row_max: np.ndarray, col_sum: np.ndarray,
+              col_max: np.ndarray, slack: float) -> Any:
+        """``min(row_sum @ col_max, row_max @ col_sum) * slack``, elementwise."""
+        ...
+
+    def to_host(self, array: Any) -> np.ndarray:
+        """``array`` as a numpy array."""
         ...
 
 
@@ -68,17 +151,28 @@ class NumpyKernel:
     """BLAS through numpy: float32 while partial sums stay below 2**24, else float64/int64."""
 
     name = "numpy"
+    device = "cpu"
 
     def dtype_for(self, max_partial_sum: int, max_digit: int) -> np.dtype:
         return exact_dtype(max_partial_sum)
 
-    def prepare(self, digits: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        return np.ascontiguousarray(digits, dtype=dtype)
+    def prepare(self, digits: np.ndarray, dtype: np.dtype) -> Any:
+        if digits.dtype == dtype and digits.flags.c_contiguous:
+            return digits
+        out = np.empty(digits.shape, dtype=dtype)
+        flat, source = out.reshape(-1), np.asarray(digits).reshape(-1)
+        rows = _ROW_BLOCK_ELEMENTS * 4
 
-    def product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        def convert(start: int, stop: int) -> None:
+            flat[start * rows : stop * rows] = source[start * rows : stop * rows]
+
+        over_row_blocks(-(-flat.size // rows), 1, convert)
+        return out
+
+    def product(self, a: Any, b: Any) -> Any:
         return np.matmul(a, b)
 
-    def products(self, a: np.ndarray, bs: list[np.ndarray]) -> list[np.ndarray]:
+    def products(self, a: Any, bs: list[Any]) -> list[Any]:
         # Row blocks of `a` small enough to stay in cache serve every b in turn, so a
         # memory-bound product reads `a` once. (One GEMM against the side-by-side bs would
         # too, but BLAS is much slower for a thin GEMM than for repeated GEMVs.)
@@ -89,3 +183,370 @@ class NumpyKernel:
             for b, out in zip(bs, outs, strict=True):
                 np.matmul(block, b, out=out[start : start + rows])
         return outs
+
+    def streamed_products(self, digits: np.ndarray, dtype: np.dtype, bs: list[Any]
+                          ) -> list[Any] | None:
+        """``[prepare(digits) @ b for b in bs]`` for thin ``bs``, converting ``digits`` row
+        block by row block in cache, so memory sees only the narrow digits once.
+
+        None where this kernel has nothing better than ``products`` on prepared digits.
+        """
+        if digits.dtype.itemsize >= dtype.itemsize or dtype.kind != "f":
+            return None
+        m, k = digits.shape
+        outs = [np.empty((m, b.shape[1]), dtype=dtype) for b in bs]
+        rows = max(1, _PANEL_BLOCK_BYTES // 4 // max(1, k * dtype.itemsize))
+
+        def block(start: int, stop: int) -> None:
+            wide = digits[start:stop].astype(dtype)
+            for b, out in zip(bs, outs, strict=True):
+                np.matmul(wide, b, out=out[start:stop])
+
+        over_row_blocks(m, rows, block)
+        return outs
+
+    def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any) -> Any:
+        # Row blocks, on every core: products are converted while they are added and the
+        # power-of-two scales are exact, so memory sees each input read once and the
+        # result written once, with no full-size temporaries.
+        shape = np.shape(terms[0][1][0][1])
+        out = np.empty(shape, dtype=np.float64)
+        prev = None if previous is None else np.asarray(previous)
+
+        def block(start: int, stop: int) -> None:
+            rows = out[start:stop]
+            for k, (exponent, signed) in enumerate(terms):
+                target = rows if k == 0 else np.empty_like(rows)
+                _scaled_sum(signed, math.ldexp(1.0, exponent), start, stop, target)
+                if k:
+                    np.add(rows, target, out=rows)
+            if prev is not None:
+                np.add(rows, prev[start:stop], out=rows)
+
+        over_row_blocks(shape[0], _rows_per_block(shape), block)
+        return out
+
+    def bound(self, row_sum: np.ndarray, row_max: np.ndarray, col_sum: np.ndarray,
+              col_max: np.ndarray, slack: float) -> Any:
+        # Row blocks, on every core: the two outer products of a block stay in cache,
+        # only the result is written to memory.
+        m, n = row_sum.shape[0], col_sum.shape[1]
+        out = np.empty((m, n), dtype=np.float64)
+        col_max, col_sum = col_max * slack, col_sum * slack
+
+        def block(start: int, stop: int) -> None:
+            by_rows = row_sum[start:stop] @ col_max
+            np.minimum(by_rows, row_max[start:stop] @ col_sum, out=out[start:stop])
+
+        over_row_blocks(m, _rows_per_block((m, n)), block)
+        return out
+
+    def to_host(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+
+def _scaled_sum(signed: list[tuple[int, Any]], scale: float, start: int, stop: int,
+                out: np.ndarray) -> None:
+    """``out = scale * Σ sign * product[start:stop]`` in float64 (exact integers)."""
+    (sign, first), rest = signed[0], signed[1:]
+    np.multiply(first[start:stop], sign * (1.0 if rest else scale), out=out, dtype=np.float64)
+    for sign, product in rest:
+        (np.add if sign > 0 else np.subtract)(out, product[start:stop], out=out,
+                                              dtype=np.float64)
+    if rest and scale != 1.0:
+        np.multiply(out, scale, out=out)
+
+
+def _rows_per_block(shape: tuple[int, ...]) -> int:
+    return max(1, _ROW_BLOCK_ELEMENTS // max(1, int(np.prod(shape[1:]))))
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def over_row_blocks(m: int, rows: int, block: Callable[[int, int], None]) -> None:
+    """``block(start, stop)`` for row blocks of ``rows`` rows covering ``range(m)``.
+
+    The blocks run on a thread per core (numpy releases the GIL in its loops) when there
+    are several; ``block`` must write only its own rows.
+    """
+    global _pool
+    starts = range(0, m, rows)
+    workers = os.cpu_count() or 1
+    if workers == 1 or len(starts) < 2 * workers:
+        for start in starts:
+            block(start, min(start + rows, m))
+        return
+    if _pool is None or _pool[0] != os.getpid():  # threads do not survive a fork
+        _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="layering"))
+    # a few runs of consecutive blocks per thread: little overhead, and a thread slowed
+    # by other load leaves its share to the others
+    runs = min(len(starts), 4 * workers)
+    bounds = [starts[len(starts) * r // runs] for r in range(runs)] + [m]
+
+    def run(r: int) -> None:
+        for start in range(bounds[r], bounds[r + 1], rows):
+            block(start, min(start + rows, bounds[r + 1]))
+
+    for _ in _pool[1].map(run, range(runs)):
+        pass
+
+
+# ---------------------------------------------------------------------------- torch
+def _import_torch(purpose: str) -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise KernelUnavailableError(
+            f"{purpose} needs torch, which is not installed; install it with {_TORCH_INSTALL}"
+            " (or use kernel='numpy')"
+        ) from exc
+    return torch
+
+
+@dataclass
+class _DeviceOperand:
+    """Digits on a CUDA device, zero-padded to cuBLASLt's int8 shape rules."""
+
+    tensor: Any
+    rows: int
+    cols: int
+    _right: Any = None
+
+    def as_right(self, inner: int) -> Any:
+        """The first ``inner`` rows, column-major (the layout int8 GEMMs are fastest
+        with), made on first use as a right operand and kept."""
+        if self._right is None or self._right.shape[0] != inner:
+            self._right = self.tensor[:inner].t().contiguous().t()
+        return self._right
+
+
+class TorchKernel(NumpyKernel):
+    """``torch._int_mm``: int8 digits, int32 sums, on a CUDA GPU or a CPU.
+
+    Products whose digits exceed 127 in magnitude or whose partial sums may reach 2**31
+    use the numpy rule (float32/float64; on a GPU, float64 on the device), so every
+    product is exact.
+
+    Parameters
+    ----------
+    device : {"cpu", "cuda"}
+
+    Raises
+    ------
+    KernelUnavailableError
+        If torch is not installed, or ``device="cuda"`` and no CUDA GPU is visible.
+    """
+
+    def __init__(self, device: str = "cpu") -> None:
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}; use one of {DEVICES}")
+        self.torch = _import_torch(f"kernel='torch' on device={device!r}")
+        if device == "cuda" and not self.torch.cuda.is_available():
+            raise KernelUnavailableError(
+                "device='cuda' needs a CUDA GPU, but none is visible to torch"
+                f" (torch {self.torch.__version__}, CUDA build: {self.torch.version.cuda});"
+                " use device='cpu'"
+            )
+        self.device = device
+        self.name = f"torch-{device}"
+        #: Whether operands, products, estimates and bounds live on the device as torch
+        #: tensors (a GPU) rather than in host memory as numpy arrays (a CPU).
+        self.resident = device == "cuda"
+
+    def dtype_for(self, max_partial_sum: int, max_digit: int) -> np.dtype:
+        if max_digit <= INT8_MAX_DIGIT and max_partial_sum < INT32_EXACT:
+            return np.dtype(np.int8)
+        dtype = exact_dtype(max_partial_sum)
+        if self.resident and dtype == np.float32:
+            # float32 GEMMs on a GPU may round through TF32; float64 never does.
+            return np.dtype(np.float64)
+        return dtype
+
+    def prepare(self, digits: np.ndarray, dtype: np.dtype) -> Any:
+        host = super().prepare(digits, dtype)
+        if not self.resident:
+            return host
+        if dtype != np.int8:
+            if dtype == np.int64:
+                return host  # no int64 GEMM on the GPU: done on the host, then moved
+            return self.torch.from_numpy(host).to(self.device)
+        rows, cols = host.shape
+        # cuBLASLt: the left operand needs more than 16 rows, the inner size and the right
+        # operand's columns multiples of 8. Zero rows and columns add nothing.
+        padded = np.zeros((max(24, _round8(rows)), _round8(cols)), dtype=np.int8)
+        padded[:rows, :cols] = host
+        return _DeviceOperand(self.torch.from_numpy(padded).to(self.device), rows, cols)
+
+    def product(self, a: Any, b: Any) -> Any:
+        torch = self.torch
+        if isinstance(a, _DeviceOperand):
+            out = torch._int_mm(a.tensor, b.as_right(a.tensor.shape[1]))
+            return out[: a.rows, : b.cols]
+        if isinstance(a, np.ndarray) and a.dtype == np.int8:
+            out = torch._int_mm(torch.from_numpy(a), torch.from_numpy(b))
+            return out.numpy()
+        if self.resident and isinstance(a, np.ndarray):
+            return torch.from_numpy(np.matmul(a, b)).to(self.device)
+        return a @ b
+
+    def products(self, a: Any, bs: list[Any]) -> list[Any]:
+        if isinstance(a, np.ndarray) and a.dtype != np.int8:
+            return super().products(a, bs)
+        return [self.product(a, b) for b in bs]
+
+    def streamed_products(self, digits: np.ndarray, dtype: np.dtype, bs: list[Any]
+                          ) -> list[Any] | None:
+        return super().streamed_products(digits, dtype, bs) if not self.resident else None
+
+    def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any) -> Any:
+        if not self.resident:
+            return super().combine(terms, previous)
+        torch = self.torch
+        out = None
+        for exponent, signed in terms:
+            part = sum(sign * p.to(torch.float64) for sign, p in signed)
+            part = part * math.ldexp(1.0, exponent)
+            out = part if out is None else out + part
+        return out if previous is None else out + self._on_device(previous)
+
+    def bound(self, row_sum: np.ndarray, row_max: np.ndarray, col_sum: np.ndarray,
+              col_max: np.ndarray, slack: float) -> Any:
+        if not self.resident:
+            return super().bound(row_sum, row_max, col_sum, col_max, slack)
+        rs, rm, cs, cm = (self._on_device(v) for v in (row_sum, row_max, col_sum, col_max))
+        return self.torch.minimum(rs @ (cm * slack), rm @ (cs * slack))
+
+    def to_host(self, array: Any) -> np.ndarray:
+        if isinstance(array, np.ndarray):
+            return array
+        return array.cpu().numpy()
+
+    def _on_device(self, array: Any) -> Any:
+        if isinstance(array, self.torch.Tensor):
+            return array
+        host = np.ascontiguousarray(array, dtype=np.float64)
+        return self.torch.from_numpy(host).to(self.device)
+
+
+def _round8(n: int) -> int:
+    return -(-n // 8) * 8
+
+
+# ---------------------------------------------------------------------------- choosing
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags, as Linux's /proc/cpuinfo lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def _torch_or_none(memory_limit: int | None = None) -> Any:
+    """torch, or None if it is not installed or importing it would not fit the memory."""
+    if (memory_limit is not None and "torch" not in sys.modules
+            and memory_limit < _TORCH_MEMORY_SHARE * TORCH_IMPORT_BYTES):
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _cuda_visible(torch: Any) -> bool:
+    return torch is not None and bool(torch.cuda.is_available())
+
+
+@functools.cache
+def _probe_passes(device: str) -> bool:
+    """Does the torch kernel on ``device`` give exact int8 products, extremes included?
+
+    Cached per process. Compares against int64 numpy on random digits and on the
+    extreme patterns (all +-127) that would overflow a saturating 16-bit intermediate.
+    """
+    try:
+        kernel = TorchKernel(device)
+        rng = np.random.default_rng(0)
+        m, k, n = 33, 4104, 24
+        a = rng.integers(-127, 128, (m, k), dtype=np.int8)
+        b = rng.integers(-127, 128, (k, n), dtype=np.int8)
+        a[:8], b[:, :8] = 127, -127
+        a[8:16], b[:, 8:16] = -127, -127
+        int8 = np.dtype(np.int8)
+        got = kernel.to_host(kernel.product(kernel.prepare(a, int8), kernel.prepare(b, int8)))
+        return bool(np.array_equal(np.asarray(got, dtype=np.int64),
+                                   a.astype(np.int64) @ b.astype(np.int64)))
+    except Exception:  # a kernel that fails to run is as unusable as an inexact one
+        return False
+
+
+def _auto(device: str | None, memory_limit: int | None) -> ProductKernel:
+    """The fastest kernel that is exact here, on ``device`` (None: any)."""
+    torch = _torch_or_none(memory_limit)
+    if device == "cuda":
+        kernel = TorchKernel("cuda")  # raises, naming what is missing
+        if not _probe_passes("cuda"):
+            raise KernelUnavailableError("the CUDA int8 kernel failed its exactness probe")
+        return kernel
+    if device is None and _cuda_visible(torch) and _probe_passes("cuda"):
+        return TorchKernel("cuda")
+    if (torch is not None and any(f in cpu_flags() for f in INT8_ENGINE_FLAGS)
+            and _probe_passes("cpu")):
+        return TorchKernel("cpu")
+    return NumpyKernel()
+
+
+def resolve_kernel(kernel: str | ProductKernel = "auto", device: str | None = None,
+                   *, memory_limit: int | None = None) -> ProductKernel:
+    """The product kernel for a name and device.
+
+    Parameters
+    ----------
+    kernel : {"auto", "numpy", "torch"} or ProductKernel
+        ``"auto"`` picks the fastest engine that is exact on this machine: torch int8 on a
+        CUDA GPU, else on a CPU with AVX-512 VNNI or AMX (where torch is installed and its
+        exactness probe passes), else numpy. An instance is returned as it is.
+    device : {"cpu", "cuda"}, optional
+        Where products run; None lets ``"auto"`` choose (``"torch"`` then uses a GPU if
+        one is visible).
+    memory_limit : int, optional
+        Bytes this process may use (a Dask worker's limit, say). ``"auto"`` then imports
+        torch only if that takes a small share of it (:data:`TORCH_IMPORT_BYTES`, about
+        200 MiB, at most a tenth), unless torch is imported already.
+
+    Raises
+    ------
+    ValueError
+        On an unknown kernel name or device.
+    KernelUnavailableError
+        If the kernel or device asked for is not available here (torch not installed, no
+        CUDA GPU visible), saying what is missing and how to install it.
+
+    Examples
+    --------
+    >>> resolve_kernel("numpy").name
+    'numpy'
+    """
+    if device is not None and device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; use one of {DEVICES}")
+    if not isinstance(kernel, str):
+        if device is not None and getattr(kernel, "device", device) != device:
+            raise ValueError(f"kernel {kernel.name!r} runs on {kernel.device!r}, not {device!r}")
+        return kernel
+    if kernel not in KERNEL_NAMES:
+        raise ValueError(f"unknown kernel {kernel!r}; use one of {KERNEL_NAMES}")
+    if kernel == "numpy":
+        if device == "cuda":
+            raise ValueError("kernel='numpy' runs on the CPU; use kernel='torch' or 'auto'"
+                             " with device='cuda'")
+        return NumpyKernel()
+    if kernel == "torch":
+        if device is None:
+            device = "cuda" if _cuda_visible(_torch_or_none()) else "cpu"
+        return TorchKernel(device)
+    return _auto(device, memory_limit)

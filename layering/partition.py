@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from .kernel import over_row_blocks
+
 __all__ = ["Partition", "PartitionRangeError", "Components"]
 
 # Magnitudes are handled as int64 multiples of the finest grid, so the whole span of a
@@ -53,12 +55,20 @@ class Components:
         ``widths[i]`` is ``p_i - p_{i+1}``, the number of magnitude bits of component ``i``.
     clipped : int
         How many values were clipped to the partition's range (0 unless clipping was asked).
+    abs_max : float or None
+        ``max |a|`` of the values split, found while splitting (None when not known: the
+        digits came from elsewhere, or values were clipped).
+    off_grid : bool or None
+        Whether a value was not a multiple of the finest grid ``2**p_m``, so truncation
+        dropped something (None when not known).
     """
 
     digits: list[np.ndarray]
     exponents: tuple[int, ...]
     widths: tuple[int, ...]
     clipped: int = 0
+    abs_max: float | None = None
+    off_grid: bool | None = None
 
     def value(self, i: int) -> np.ndarray:
         """Component ``i`` as a float64 array (exact)."""
@@ -249,10 +259,12 @@ class Partition:
 
         Notes
         -----
-        With ``T_k = trunc(a / 2**p_k)`` (exact in float64), the signed digit of component
-        ``i`` is ``T_{i+1} - 2**(p_i - p_{i+1}) * T_i`` and ``T_0 = 0`` for in-range values.
-        The work is done in cache-sized blocks, so splitting costs a few passes over ``a``
-        and no full-size temporaries.
+        With ``T_k = trunc(a / 2**p_k)`` (an exact scaling, truncated by the conversion to
+        an integer), the signed digit of component ``i`` is
+        ``T_{i+1} - 2**(p_i - p_{i+1}) * T_i`` in integer arithmetic, and ``T_0 = 0`` for
+        in-range values. The work is done in cache-sized blocks on every core, reading
+        ``a`` once: the range and NaN check, ``max |a|`` and whether ``a`` was on the
+        finest grid come from the same pass.
         """
         arr = np.asarray(a)
         n_clipped = 0
@@ -260,31 +272,71 @@ class Partition:
             arr, n_clipped = self.clip(arr, name)
         flat = _as_numeric(arr, name).reshape(-1)
         digits = [np.empty(flat.shape, dtype=_digit_dtype(w)) for w in self.widths]
-        in_range = all(self._split_block(flat, digits, s) for s in range(0, flat.size, _BLOCK))
-        if not in_range:
+        starts = range(0, flat.size, _BLOCK)
+        scans: list[tuple[float, bool] | None] = [None] * len(starts)
+        seen_off_grid: list[bool] = []  # once a block is off the grid, no more checks
+
+        def split(first: int, stop: int) -> None:
+            scratch = self._scratch(flat)  # reused: fresh pages cost more than the work
+            for b in range(first, stop):
+                scans[b] = self._split_block(flat, digits, starts[b], scratch, seen_off_grid)
+
+        over_row_blocks(len(starts), 1, split)
+        if any(s is None for s in scans):
             self.check(arr, name)  # raises, naming the offending value
+        found = [s for s in scans if s is not None]
         shape = np.shape(arr)
         return Components(
-            [d.reshape(shape) for d in digits], self.exponents, self.widths, n_clipped
+            [d.reshape(shape) for d in digits], self.exponents, self.widths, n_clipped,
+            abs_max=None if clip else max((s[0] for s in found), default=0.0),
+            off_grid=None if clip else any(s[1] for s in found),
         )
 
-    def _split_block(self, flat: np.ndarray, digits: list[np.ndarray], start: int) -> bool:
-        """Write the digits of ``flat[start:start + _BLOCK]``; False if a value is out of range."""
-        block = flat[start : start + _BLOCK].astype(np.float64, copy=False)
-        if block.size and not float(np.max(np.abs(block))) < self.limit:  # also catches NaN
-            return False
-        t, previous = np.empty_like(block), np.empty_like(block)
-        for i, width in enumerate(self.widths):
-            np.multiply(block, math.ldexp(1.0, -self.points[i + 1]), out=t)
-            np.trunc(t, out=t)
+    def _scratch(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Block-sized buffers for :meth:`_split_block`: two for ``T_k``, three floats."""
+        # |T_k| < 2**(p_0 - p_k): int32 holds it for spans up to 30 bits
+        ints = np.int32 if self.points[0] - self.points[-1] <= 30 else np.int64
+        floats = flat.dtype if flat.dtype.kind == "f" else np.dtype(np.float64)
+        size = min(_BLOCK, flat.size)
+        return [np.empty(size, dtype=ints), np.empty(size, dtype=ints),
+                *(np.empty(size, dtype=floats) for _ in range(3))]
+
+    def _split_block(
+        self, flat: np.ndarray, digits: list[np.ndarray], start: int,
+        scratch: list[np.ndarray], seen_off_grid: list[bool],
+    ) -> tuple[float, bool] | None:
+        """Write the digits of ``flat[start:start + _BLOCK]``.
+
+        Returns ``(max |a|, off the finest grid)`` of the block, or None if a value is out
+        of range (or NaN).
+        """
+        block = flat[start : start + _BLOCK]
+        previous, t, scaled, whole, converted = (s[: block.size] for s in scratch)
+        if block.dtype.kind not in "f":
+            converted[...] = block  # integers and booleans: exact below 2**53
+            block = converted
+        hi, lo = float(block.max()), float(block.min())
+        if not (hi < self.limit and -lo < self.limit):  # also catches NaN
+            return None
+        off_grid = False
+        for i in range(self.m):
+            scale = math.ldexp(1.0, -self.points[i + 1])
+            values = block if scale == 1.0 else np.multiply(block, scale, out=scaled)
+            out = digits[i][start : start + _BLOCK]
             if i == 0:
-                digits[i][start : start + _BLOCK] = t
+                out[...] = values  # the conversion truncates toward zero
+                if self.m > 1:
+                    np.left_shift(out, self.widths[1], out=previous, dtype=previous.dtype)
             else:
-                np.multiply(previous, float(1 << width), out=previous)
-                np.subtract(t, previous, out=previous)
-                digits[i][start : start + _BLOCK] = previous
-            t, previous = previous, t
-        return True
+                t[...] = values  # truncates toward zero
+                np.subtract(t, previous, out=out, casting="unsafe")
+                if i + 1 < self.m:
+                    np.left_shift(t, self.widths[i + 1], out=previous)
+            if i == self.m - 1:
+                if not seen_off_grid and not np.array_equal(values, np.trunc(values, out=whole)):
+                    off_grid = True
+                    seen_off_grid.append(True)
+        return max(hi, -lo), off_grid
 
     def split(self, a: npt.ArrayLike, *, clip: bool = False) -> list[np.ndarray]:
         """Split ``a`` into ``m`` float64 component arrays whose sum is ``truncate(a)``.

@@ -12,7 +12,9 @@ that adds it. Three strategies:
     once, kept for the resolution that adds them). For the 2x2 anti-diagonal ordering this
     is 3 GEMMs instead of 4, and the last resolution costs nothing. It applies when both
     terms share one scale (``p^W_a - p^W_b = p^X_a - p^X_b``) and the summed digits keep
-    the same exact arithmetic.
+    the same exact arithmetic. Other pairs of one resolution that share a scale are one
+    GEMM with the components side by side, ``[W_a | W_b] @ [X_b ; X_a]``, where the
+    longer partial sums keep the same exact arithmetic (int8 digits too wide to add, say).
 ``"panel"``
     for a thin X (memory-bound products), a W component read after the first resolution
     is multiplied by every X component still needed while it is in cache, so it is read
@@ -25,6 +27,7 @@ All strategies give bit-identical estimates: every product is exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,11 +45,17 @@ _PANEL_MAX_COLUMNS = 8
 
 @dataclass(frozen=True)
 class _Step:
-    """Add the product of pair (a, b), or with ``symmetric`` the pairs (a, b) and (b, a)."""
+    """Add the product of pair (a, b); with ``symmetric`` the pairs (a, b) and (b, a) by
+    Karatsuba's identity; with ``joined`` every pair of ``pairs`` from one GEMM."""
 
     a: int
     b: int
     symmetric: bool = False
+    pairs: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def joined(self) -> bool:
+        return len(self.pairs) > 1
 
 
 def choose_reuse(reuse: str, n_columns: int, m_x: int) -> str:
@@ -81,7 +90,7 @@ class ProductPlan:
         order: Ordering,
         kernel: ProductKernel,
         reuse: str,
-        kept: dict[tuple[int, int], np.ndarray] | None = None,
+        kept: dict[tuple[int, int], Any] | None = None,
     ) -> None:
         self.w, self.x, self.kernel, self.reuse = w, x, kernel, reuse
         self.inner = w.shape[1]
@@ -92,10 +101,10 @@ class ProductPlan:
             for step in steps:
                 for pair in self._uses(step):
                     self._last_use[pair] = r
-        self._kept: dict[tuple[int, int], np.ndarray] = dict(kept or {})
+        self._kept: dict[tuple[int, int], Any] = dict(kept or {})
 
     @property
-    def kept(self) -> dict[tuple[int, int], np.ndarray]:
+    def kept(self) -> dict[tuple[int, int], Any]:
         """Digit-unit products computed early and kept for a later resolution."""
         return dict(self._kept)
 
@@ -122,23 +131,49 @@ class ProductPlan:
                     steps.append(_Step(a, b, symmetric=True))
                     pending.remove((a, b))
                     pending.remove((b, a))
-        steps.extend(_Step(i, j) for i, j in pending)
+            steps.extend(self._joined_steps(pending))
+        else:
+            steps.extend(_Step(i, j) for i, j in pending)
         return steps
+
+    def _joined_steps(self, pairs: list[tuple[int, int]]) -> list[_Step]:
+        """Pairs of one scale as one GEMM, ``[W_a | W_b] @ [X_b ; X_a]``, where that is
+        exact in the arithmetic the pairs would each use; the others one by one."""
+        ew, ex = self.w.components.exponents, self.x.components.exponents
+        by_scale: dict[int, list[tuple[int, int]]] = {}
+        for i, j in pairs:
+            by_scale.setdefault(ew[i] + ex[j], []).append((i, j))
+        steps = []
+        for same in by_scale.values():
+            if len(same) > 1 and self._joined_ok(same):
+                steps.append(_Step(*same[0], pairs=tuple(same)))
+            else:
+                steps.extend(_Step(i, j) for i, j in same)
+        return steps
+
+    def _joined_ok(self, pairs: list[tuple[int, int]]) -> bool:
+        maxima = [(self.w.max_digit(i), self.x.max_digit(j)) for i, j in pairs]
+        joined = self.kernel.dtype_for(self.inner * sum(a * b for a, b in maxima),
+                                       max(max(a, b) for a, b in maxima))
+        return all(self._dtype(a, b) == joined for a, b in maxima)
 
     @staticmethod
     def _uses(step: _Step) -> list[tuple[int, int]]:
+        if step.joined:
+            return []
         if step.symmetric:
             return [(step.a, step.a), (step.b, step.b)]
         return [(step.a, step.b)]
 
     # ------------------------------------------------------------------ execution
-    def resolution(self, r: int) -> tuple[np.ndarray, int, tuple[str, ...]]:
-        """The scaled sum this resolution (0-based) adds, the flops executed, the dtypes used."""
+    def resolution(self, r: int, previous: Any = None) -> tuple[Any, int, tuple[str, ...]]:
+        """``previous`` plus the scaled sum resolution ``r`` (0-based) adds, as a new float64
+        array (``previous`` None for zeros), the flops executed and the dtypes used."""
         m, n = self.w.shape[0], self.x.shape[1]
-        total = np.zeros((m, n), dtype=np.float64)
         flops = 0
         dtypes: list[str] = []
         ew, ex = self.w.components.exponents, self.x.components.exponents
+        terms: list[tuple[int, list[tuple[int, Any]]]] = []
         for step in self.steps[r]:
             a, b = step.a, step.b
             if step.symmetric:
@@ -148,22 +183,32 @@ class ProductPlan:
                                         self.x.prepared_sum(a, b, dtype, self.kernel))
                 flops += 2 * m * self.inner * n
                 dtypes.append(dtype.name)
-                diag = []
+                signed: list[tuple[int, Any]] = [(1, s)]
                 for pair in ((a, a), (b, b)):
                     product, f, d = self._product(pair, r)
-                    diag.append(product)
+                    signed.append((-1, product))
                     flops += f
                     dtypes.extend(d)
-                part = s.astype(np.float64) - diag[0] - diag[1]
+            elif step.joined:
+                rows, columns = tuple(i for i, _ in step.pairs), tuple(j for _, j in step.pairs)
+                maxima = [(self.w.max_digit(i), self.x.max_digit(j)) for i, j in step.pairs]
+                dtype = self.kernel.dtype_for(self.inner * sum(p * q for p, q in maxima),
+                                              max(max(p, q) for p, q in maxima))
+                signed = [(1, self.kernel.product(
+                    self.w.prepared_joined(rows, 1, dtype, self.kernel),
+                    self.x.prepared_joined(columns, 0, dtype, self.kernel)))]
+                flops += 2 * m * self.inner * n * len(step.pairs)
+                dtypes.append(dtype.name)
             else:
-                part, f, d = self._product((a, b), r)
-                flops += f
+                product, flops_, d = self._product((a, b), r)
+                signed = [(1, product)]
+                flops += flops_
                 dtypes.extend(d)
-            total += np.ldexp(part, ew[a] + ex[b])
-        return total, flops, tuple(dtypes)
+            terms.append((ew[a] + ex[b], signed))
+        return self.kernel.combine(terms, previous), flops, tuple(dtypes)
 
-    def _product(self, pair: tuple[int, int], r: int) -> tuple[np.ndarray, int, list[str]]:
-        """Digit-unit product of ``pair`` as float64, computing it (and kept ones) if needed."""
+    def _product(self, pair: tuple[int, int], r: int) -> tuple[Any, int, list[str]]:
+        """Digit-unit product of ``pair``, computing it (and kept ones) if needed."""
         flops: int = 0
         dtypes: list[str] = []
         if pair not in self._kept:
@@ -182,12 +227,17 @@ class ProductPlan:
                 if ii == i and jj != j and last > r and (ii, jj) not in self._kept
             ]
         dtype = self._dtype(self.w.max_digit(i), max(self.x.max_digit(jj) for jj in columns))
-        left = self.w.prepared(i, dtype, self.kernel)
         rights = [self.x.prepared(jj, dtype, self.kernel) for jj in columns]
-        if len(rights) == 1:
-            outs = [self.kernel.product(left, rights[0])]
-        else:
-            outs = self.kernel.products(left, rights)
+        # thin X: W's narrow digits converted in cache beat reading converted ones
+        streamed = getattr(self.kernel, "streamed_products", None)
+        outs = streamed(self.w.components.digits[i], dtype, rights) if (
+            self.reuse == "panel" and streamed is not None) else None
+        if outs is None:
+            left = self.w.prepared(i, dtype, self.kernel)
+            if len(rights) == 1:
+                outs = [self.kernel.product(left, rights[0])]
+            else:
+                outs = self.kernel.products(left, rights)
         for jj, out in zip(columns, outs, strict=True):
-            self._kept[(i, jj)] = out.astype(np.float64, copy=False)
-        return 2 * left.shape[0] * self.inner * self.x.shape[1] * len(columns), [dtype.name]
+            self._kept[(i, jj)] = out
+        return 2 * self.w.shape[0] * self.inner * self.x.shape[1] * len(columns), [dtype.name]

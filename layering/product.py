@@ -23,11 +23,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .kernel import NumpyKernel, ProductKernel
+from .kernel import ProductKernel, over_row_blocks, resolve_kernel
 from .ordering import Ordering, resolve_ordering
 from .partition import Components, Partition
 from .plan import ProductPlan, choose_reuse
@@ -116,26 +117,37 @@ class SplitOperand:
         self.partition = partition
         self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
         self.components: Components = components
-        self._prepared: dict[tuple[object, ...], np.ndarray] = {}
+        self._prepared: dict[tuple[object, ...], Any] = {}
         self._abs_max: float | None = None
 
     @property
     def clipped(self) -> int:
         return self.components.clipped
 
-    def prepared(self, i: int, dtype: np.dtype, kernel: ProductKernel) -> np.ndarray:
+    def prepared(self, i: int, dtype: np.dtype, kernel: ProductKernel) -> Any:
         key = ("digits", i, kernel.name, dtype.str)
         if key not in self._prepared:
             self._prepared[key] = kernel.prepare(self.components.digits[i], dtype)
         return self._prepared[key]
 
-    def prepared_sum(self, a: int, b: int, dtype: np.dtype, kernel: ProductKernel) -> np.ndarray:
+    def prepared_sum(self, a: int, b: int, dtype: np.dtype, kernel: ProductKernel) -> Any:
         """Digits of components ``a`` and ``b`` added (unscaled), prepared for the kernel."""
         key = ("sum", a, b, kernel.name, dtype.str)
         if key not in self._prepared:
             digits = self.components.digits
             summed = digits[a].astype(np.int64) + digits[b].astype(np.int64)
             self._prepared[key] = kernel.prepare(summed, dtype)
+        return self._prepared[key]
+
+    def prepared_joined(
+        self, indices: tuple[int, ...], axis: int, dtype: np.dtype, kernel: ProductKernel
+    ) -> Any:
+        """Digits of components ``indices`` side by side along ``axis``, prepared."""
+        key = ("joined", indices, axis, kernel.name, dtype.str)
+        if key not in self._prepared:
+            digits = self.components.digits
+            joined = np.concatenate([digits[i] for i in indices], axis=axis)
+            self._prepared[key] = kernel.prepare(joined, dtype)
         return self._prepared[key]
 
     def max_digit(self, i: int) -> int:
@@ -146,10 +158,8 @@ class SplitOperand:
         """(sum, max) of |component i| along ``axis``, in real units (exact float64)."""
         key = ("stats", i, axis)
         if key not in self._prepared:
-            mag = np.abs(self.components.digits[i].astype(np.float64))
-            scale = math.ldexp(1.0, self.components.exponents[i])
-            stats = np.stack([mag.sum(axis=axis) * scale, mag.max(axis=axis) * scale])
-            self._prepared[key] = stats
+            self._prepared[key] = _abs_stats(self.components.digits[i], axis,
+                                             math.ldexp(1.0, self.components.exponents[i]))
         s = self._prepared[key]
         return s[0], s[1]
 
@@ -160,6 +170,26 @@ class SplitOperand:
                 total += self.components.value(i)
             self._abs_max = float(np.max(np.abs(total)))
         return self._abs_max
+
+
+def _abs_stats(digits: np.ndarray, axis: int, scale: float) -> np.ndarray:
+    """``[sum, max]`` of ``|digits|`` along ``axis``, times ``scale``, as float64 (exact).
+
+    Integer arithmetic (``|digit|`` fits the digits' own dtype), rows on every core.
+    """
+    lines = digits.shape[1 - axis]
+    stats = np.empty((2, lines), dtype=np.float64)
+    wide = np.int32 if digits.shape[axis] * (1 << (8 * digits.itemsize - 1)) < 2**31 else np.int64
+
+    def block(start: int, stop: int) -> None:
+        part = digits[start:stop] if axis == 1 else digits[:, start:stop]
+        mag = np.abs(part)
+        stats[0, start:stop] = mag.sum(axis=axis, dtype=wide)
+        stats[1, start:stop] = mag.max(axis=axis)
+
+    over_row_blocks(lines, max(1, (1 << 16) // max(1, digits.shape[axis])), block)
+    stats *= scale
+    return stats
 
 
 @dataclass(frozen=True)
@@ -214,7 +244,7 @@ class LayeredResult:
 
     @property
     def max_bound(self) -> float:
-        return float(np.max(self.bound))
+        return float(self.bound.max())
 
 
 def static_bound(
@@ -258,8 +288,10 @@ def layered_matmul(
     *,
     bound: str = "data",
     clip: bool = False,
-    kernel: ProductKernel | None = None,
+    kernel: str | ProductKernel | None = "auto",
     reuse: str = "auto",
+    device: str | None = None,
+    to_host: bool = True,
 ) -> Iterator[LayeredResult]:
     """Compute ``W @ X`` in successive resolutions.
 
@@ -279,17 +311,25 @@ def layered_matmul(
         ``Σ rowsum|W_i|[a] colmax|X_j|[b]`` and ``Σ rowmax|W_i|[a] colsum|X_j|[b]``.
     clip : bool
         Clip values outside a partition's range (and count them) instead of raising.
-    kernel : ProductKernel, optional
-        The product backend (default: numpy BLAS).
+    kernel : {"auto", "numpy", "torch"} or ProductKernel
+        The product backend (see :func:`.kernel.resolve_kernel`): ``"auto"`` (default)
+        the fastest one that is exact on this machine. Every kernel is exact, so the
+        choice never changes an estimate or a bound.
     reuse : {"auto", "none", "karatsuba", "panel"}
         How the exact component products are obtained (see :mod:`.plan`); every choice
         gives bit-identical estimates. ``"auto"`` reads each W component once for thin X
         and uses Karatsuba's identity otherwise.
+    device : {"cpu", "cuda"}, optional
+        Where the products run (None: the kernel's choice).
+    to_host : bool
+        Return estimates and bounds as numpy arrays (default). With False a GPU kernel
+        leaves them on the device (torch tensors), so no resolution waits for a copy.
 
     Yields
     ------
     LayeredResult
-        One per resolution, with the estimate, its guaranteed bound and its cost.
+        One per resolution, with the estimate, its guaranteed bound and its cost. Each
+        estimate is a new array that later resolutions read but never modify.
 
     Raises
     ------
@@ -308,20 +348,19 @@ def layered_matmul(
     w_shape, x_shape = _shape_of(W), _shape_of(X)
     _check_shapes(w_shape, x_shape)
     order = resolve_ordering(ordering, pw, px)
+    engine = resolve_kernel("auto" if kernel is None else kernel, device)
     w = _as_split(W, pw, clip, "W")
     x = _as_split(X, px, clip, "X")
-    kernel = kernel or NumpyKernel()
-    m, k = w.shape
-    n = x.shape[1]
-    w_drop, w_abs = _truncation_drop(W, pw)
-    x_drop, x_abs = _truncation_drop(X, px)
+    k, n = w.shape[1], x.shape[1]
+    w_drop, w_abs = _truncation_drop(W, w)
+    x_drop, x_abs = _truncation_drop(X, x)
     trunc = truncation_bound(k, w_drop, x_drop, w_abs, x_abs)
-    plan = ProductPlan(w, x, order, kernel, choose_reuse(reuse, n, px.m))
-    omega = np.zeros((m, n), dtype=np.float64)
+    plan = ProductPlan(w, x, order, engine, choose_reuse(reuse, n, px.m))
+    omega = None
     for r in range(1, order.resolutions + 1):
-        added, flops, dtypes = plan.resolution(r - 1)
-        omega += added
-        yield _result(w, x, order, r, omega.copy(), flops, dtypes, bound, trunc)
+        # a new array each resolution: the one yielded before stays the caller's
+        omega, flops, dtypes = plan.resolution(r - 1, omega)
+        yield _result(w, x, order, r, omega, flops, dtypes, bound, trunc, engine, to_host)
 
 
 def resolution_block(
@@ -332,11 +371,13 @@ def resolution_block(
     previous: npt.ArrayLike | None = None,
     *,
     bound: str = "data",
-    kernel: ProductKernel | None = None,
+    kernel: str | ProductKernel | None = "auto",
     truncation: float = 0.0,
-    kept: dict[tuple[int, int], np.ndarray] | None = None,
+    kept: dict[tuple[int, int], Any] | None = None,
     reuse: str = "none",
-) -> tuple[LayeredResult, dict[tuple[int, int], np.ndarray]]:
+    device: str | None = None,
+    to_host: bool = True,
+) -> tuple[LayeredResult, dict[tuple[int, int], Any]]:
     """One resolution of ``W @ X`` for a block of W's rows, from the previous estimate.
 
     ``Ω_r = Ω_{r-1} + Σ_{(i, j) in group r} W_i X_j`` for the rows ``w`` holds, with the
@@ -358,7 +399,8 @@ def resolution_block(
     previous : array_like (rows, N), optional
         ``Ω_{r-1}`` of these rows; None means zeros (required for ``r = 1``).
     bound : {"data", "static"}
-    kernel : ProductKernel, optional
+    kernel : {"auto", "numpy", "torch"} or ProductKernel
+        As for :func:`layered_matmul`.
     truncation : float
         The product's truncation bound, reported as is (it needs the whole operands).
     kept : dict, optional
@@ -368,6 +410,9 @@ def resolution_block(
     reuse : {"none", "karatsuba", "panel", "auto"}
         Product plan (see :mod:`.plan`); with ``kept`` carried from resolution to
         resolution a block does the same GEMMs as :func:`layered_matmul`.
+    device : {"cpu", "cuda"}, optional
+    to_host : bool
+        As for :func:`layered_matmul`.
 
     Returns
     -------
@@ -392,13 +437,11 @@ def resolution_block(
         raise ValueError(f"resolution must be in [1, {order.resolutions}], got {resolution}")
     _check_shapes(w.shape, x.shape)
     rows, n = w.shape[0], x.shape[1]
-    omega = np.zeros((rows, n), dtype=np.float64)
     if previous is not None:
-        if np.shape(previous) != (rows, n):
+        if tuple(np.shape(previous)) != (rows, n):
             raise ValueError(
-                f"previous estimate has shape {np.shape(previous)}, expected {(rows, n)}"
+                f"previous estimate has shape {tuple(np.shape(previous))}, expected {(rows, n)}"
             )
-        omega[...] = previous
     elif resolution > 1:
         raise ValueError(f"resolution {resolution} needs the previous estimate")
     strategy = choose_reuse(reuse, n, x.partition.m)
@@ -406,10 +449,11 @@ def resolution_block(
         # Nothing carried over (first call here, or a lost worker): reuse would compute
         # products for later resolutions that nobody may keep. Plain products instead.
         strategy = "none"
-    plan = ProductPlan(w, x, order, kernel or NumpyKernel(), strategy, kept=kept)
-    added, flops, dtypes = plan.resolution(resolution - 1)
-    omega += added
-    result = _result(w, x, order, resolution, omega, flops, dtypes, bound, truncation)
+    engine = resolve_kernel("auto" if kernel is None else kernel, device)
+    plan = ProductPlan(w, x, order, engine, strategy, kept=kept)
+    omega, flops, dtypes = plan.resolution(resolution - 1, previous)
+    result = _result(w, x, order, resolution, omega, flops, dtypes, bound, truncation,
+                     engine, to_host)
     return result, plan.kept
 
 
@@ -423,8 +467,13 @@ def _result(
     dtypes: tuple[str, ...],
     bound: str,
     truncation: float,
+    kernel: ProductKernel,
+    to_host: bool,
 ) -> LayeredResult:
     """The :class:`LayeredResult` of resolution ``r`` with estimate ``estimate``."""
+    bounds = _bound(w, x, order.remaining(r), bound, kernel)
+    if to_host:
+        estimate, bounds = kernel.to_host(estimate), kernel.to_host(bounds)
     (m, k), n = w.shape, x.shape[1]
     pw, px = w.partition, x.partition
     group, remaining = order.groups[r - 1], order.remaining(r)
@@ -432,7 +481,7 @@ def _result(
         resolution=r,
         resolutions=order.resolutions,
         estimate=estimate,
-        bound=_bound(w, x, remaining, bound),
+        bound=bounds,
         static_bound=static_bound(pw, px, k, remaining),
         truncation_bound=truncation,
         pairs=group,
@@ -465,19 +514,24 @@ def _accumulation_is_exact(pw: Partition, px: Partition, inner: int) -> bool:
     return inner * ((1 << span) - 1) < 2**53
 
 
-def _truncation_drop(a: npt.ArrayLike | SplitOperand, p: Partition) -> tuple[float, float]:
+def _truncation_drop(a: npt.ArrayLike | SplitOperand, split: SplitOperand
+                     ) -> tuple[float, float]:
     """(bound on what truncation drops per entry, max |a|) of an original operand."""
     if isinstance(a, SplitOperand):
         # A pre-split operand is its truncated value: nothing more is dropped.
         return 0.0, a.truncated_abs_max()
+    p, comps = split.partition, split.components
+    if comps.abs_max is not None and comps.off_grid is not None:
+        return (p.resolution if comps.off_grid else 0.0), comps.abs_max  # from the split
     mag = np.abs(np.asarray(a, dtype=np.float64))
     on_grid = bool(np.all(np.ldexp(np.floor(np.ldexp(mag, -p.points[-1])), p.points[-1]) == mag))
     return (0.0 if on_grid else p.resolution), float(mag.max())
 
 
 def _bound(
-    w: SplitOperand, x: SplitOperand, remaining: Sequence[tuple[int, int]], kind: str
-) -> np.ndarray:
+    w: SplitOperand, x: SplitOperand, remaining: Sequence[tuple[int, int]], kind: str,
+    kernel: ProductKernel,
+) -> Any:
     if not remaining:
         return np.zeros((1, 1)) if kind == "data" else np.asarray(0.0)
     if kind == "static":
@@ -487,6 +541,4 @@ def _bound(
     row_max = np.stack([w.abs_stats(i, axis=1)[1] for i, _ in remaining], axis=1)
     col_sum = np.stack([x.abs_stats(j, axis=0)[0] for _, j in remaining], axis=0)
     col_max = np.stack([x.abs_stats(j, axis=0)[1] for _, j in remaining], axis=0)
-    by_rows = row_sum @ col_max
-    by_cols = row_max @ col_sum
-    return np.minimum(by_rows, by_cols) * _BOUND_SLACK
+    return kernel.bound(row_sum, row_max, col_sum, col_max, _BOUND_SLACK)

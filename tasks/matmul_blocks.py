@@ -17,9 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from distributed import get_worker
 
 from layered.data.operands import ArraySource, file_stamp, load_split, save_digits
-from layered.layering import Ordering, Partition, SplitOperand, resolution_block
+from layered.layering import (
+    Ordering,
+    Partition,
+    ProductKernel,
+    SplitOperand,
+    resolution_block,
+    resolve_kernel,
+)
 
 __all__ = [
     "MatmulJob",
@@ -50,6 +58,9 @@ class MatmulJob:
     reuse : str
         Product plan of every block (see :mod:`layered.layering.plan`); a block keeps the
         products it computed early on its worker until the resolution that adds them.
+    kernel, device : str
+        Product kernel and device, by name (see :func:`layered.layering.resolve_kernel`),
+        resolved on each worker: a worker with a GPU uses it under ``"auto"``.
     """
 
     w: ArraySource
@@ -62,6 +73,8 @@ class MatmulJob:
     block_rows: int
     truncation: float = 0.0
     reuse: str = "auto"
+    kernel: str = "auto"
+    device: str | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -134,11 +147,9 @@ def split_block(
     rows: tuple[int, int],
 ) -> bool:
     """Split rows of an operand into digit files; True if any value was off the grid."""
-    block = source.rows(*rows)
-    save_digits(partition.components(block, name=name), paths, rows)
-    if block.dtype.kind in "iu" and partition.points[-1] <= 0:
-        return False  # integers are on every grid of step 2**p, p <= 0
-    return bool(np.any(partition.truncate(block) != block))
+    components = partition.components(source.rows(*rows), name=name)
+    save_digits(components, paths, rows)
+    return bool(components.off_grid)  # found by the split itself
 
 
 @functools.lru_cache(maxsize=2)
@@ -172,6 +183,17 @@ _KEPT: OrderedDict[tuple[object, ...], tuple[int, dict]] = OrderedDict()
 _KEPT_ENTRIES = 1024
 
 
+@functools.lru_cache(maxsize=4)
+def _worker_kernel(kernel: str, device: str | None) -> ProductKernel:
+    # Resolved once per worker process, within its memory limit: "auto" does not import
+    # torch (about 200 MiB) into a worker that has little memory.
+    try:
+        memory_limit = get_worker().memory_manager.memory_limit or None
+    except ValueError:  # not in a worker (blocks run in the flow's process)
+        memory_limit = None
+    return resolve_kernel(kernel, device, memory_limit=memory_limit)
+
+
 def layer_block(
     job: MatmulJob, resolution: int, previous: str | None, out: StagedResolution,
     rows: tuple[int, int],
@@ -185,6 +207,7 @@ def layer_block(
     res, kept = resolution_block(
         w, x, job.order, resolution, prev, truncation=job.truncation,
         kept=kept if for_resolution == resolution else None, reuse=job.reuse,
+        kernel=_worker_kernel(job.kernel, job.device),
     )
     if kept and resolution < job.order.resolutions:
         _KEPT[key] = (resolution + 1, kept)

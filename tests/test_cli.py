@@ -27,7 +27,7 @@ from layered.request import MatmulRequest, resolve_matmul
 from layered.settings import Settings
 
 FIXED_MATMUL_OPTIONS = ["--shape", "--seed", "--operands", "--deadline", "--tolerance",
-                        "--json", "--address", "--store", "--run-id"]
+                        "--json", "--address", "--store", "--run-id", "--kernel", "--device"]
 
 
 @pytest.fixture
@@ -114,6 +114,31 @@ def test_bad_operands_are_refused_before_anything_starts(capsys, isolated, make,
     assert code == 2
     assert re.search(problem, err), err
     assert time.perf_counter() - t0 < 5
+    assert_nothing_started(isolated)
+
+
+def test_a_kernel_missing_here_is_refused_before_anything_starts(capsys, isolated, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    code, _, err = run_main(capsys, "run", "matmul", "--store", str(isolated / "runs"),
+                            "--kernel", "torch")
+    assert code == 2
+    assert 'needs torch, which is not installed; install it with pip install -e ".[torch]"' in err
+    code, _, err = run_main(capsys, "run", "matmul", "--store", str(isolated / "runs"),
+                            "--device", "cuda")
+    assert code == 2 and "torch" in err
+    code, _, err = run_main(capsys, "run", "matmul", "--store", str(isolated / "runs"),
+                            "--kernel", "numpy", "--device", "cuda")
+    assert code == 2 and "kernel='numpy' runs on the CPU" in err
+    assert_nothing_started(isolated)
+
+
+def test_cuda_without_a_gpu_is_refused_before_anything_starts(capsys, isolated, monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run_main(capsys, "run", "matmul", "--store", str(isolated / "runs"),
+                            "--kernel", "torch", "--device", "cuda")
+    assert code == 2
+    assert "device='cuda' needs a CUDA GPU, but none is visible" in err
     assert_nothing_started(isolated)
 
 

@@ -142,3 +142,47 @@ def test_component_and_tail_bounds():
     assert p.tail_bound(1) == 1 - 0.125
     assert p.tail_bound(2) == 0.0
     assert math.isclose(p.limit, 16.0) and p.resolution == 0.125
+
+
+def reference_digits(p, a):
+    """Digits from truncation alone: component i is truncate(a, i + 1) - truncate(a, i)."""
+    return [(p.truncate(a, i + 1) - p.truncate(a, i)) / 2.0 ** p.exponents[i] for i in range(p.m)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=partitions(), seed=st.integers(0, 2**32 - 1),
+       dtype=st.sampled_from(["float64", "float32", "int16", "int64"]),
+       on_grid=st.booleans())
+def test_split_reports_max_and_whether_anything_was_dropped(p, seed, dtype, on_grid):
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(-1, 1, size=(6, 9)) * p.limit * 0.999
+    if on_grid or np.dtype(dtype).kind == "i":
+        a = p.truncate(a)
+    a = a.astype(dtype)
+    if np.dtype(dtype).kind == "i":
+        a = a[np.abs(a) < p.limit] if np.any(np.abs(a) >= p.limit) else a
+    comps = p.components(a)
+    as_float = np.asarray(a, dtype=np.float64)
+    assert comps.abs_max == float(np.max(np.abs(as_float)))
+    assert comps.off_grid == bool(np.any(p.truncate(as_float) != as_float))
+    for got, want in zip(comps.digits, reference_digits(p, as_float), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_split_of_a_large_array_matches_truncation_and_names_a_late_bad_value():
+    # many blocks, split on several threads
+    p = Partition((8, 4, 0, -2))
+    a = np.random.default_rng(3).uniform(-255, 255, (700, 1000))
+    comps = p.components(a)
+    for got, want in zip(comps.digits, reference_digits(p, a), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert comps.off_grid and comps.abs_max == float(np.max(np.abs(a)))
+    assert not p.components(p.truncate(a)).off_grid
+    a[650, 999] = 300.0
+    with pytest.raises(PartitionRangeError, match=r"a\[650, 999\] = 300\.0 is out of range"):
+        p.components(a)
+    a[650, 999], a[699, 5] = 1.0, np.nan
+    with pytest.raises(ValueError, match=r"a\[699, 5\] = nan is not finite"):
+        p.components(a)
+    clipped = p.components(np.full(a.shape, 400.0), clip=True)
+    assert clipped.clipped == a.size and clipped.abs_max is None
