@@ -450,6 +450,7 @@ def _round8(n: int) -> int:
 
 
 # ---------------------------------------------------------------------------- choosing
+@functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags, as Linux's /proc/cpuinfo lists them (empty elsewhere)."""
     try:
