@@ -41,6 +41,10 @@ from layered.layering import Partition, SplitOperand, layered_matmul, resolve_ke
 from layered.layering.kernel import INT8_ENGINE_FLAGS, KernelUnavailableError, cpu_flags
 
 P = Partition((8, 4, 0))
+# BLAS (OpenBLAS) and OpenMP worker threads spin for a while after a call and slow down
+# whatever runs next on the same cores (an int8 GEMM right after a float64 one takes about
+# twice as long here): every timed call starts after this pause, from idle threads.
+SETTLE_S = 0.3
 SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
 
 
@@ -64,6 +68,7 @@ def cpu_description() -> dict:
 
 
 def timed(fn: Callable[[], object]) -> float:
+    time.sleep(SETTLE_S)
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -71,6 +76,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 def run_layered(W, X, kernel: str) -> tuple[float, float, np.ndarray]:
     """Seconds to the first and to the final resolution, and the final estimate."""
+    time.sleep(SETTLE_S)
     start = time.perf_counter()
     results = layered_matmul(W, X, P, P, kernel=kernel)
     next(results)

@@ -30,6 +30,7 @@ import functools
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -198,7 +199,8 @@ class NumpyKernel:
         rows = max(1, _PANEL_BLOCK_BYTES // 4 // max(1, k * dtype.itemsize))
 
         def block(start: int, stop: int) -> None:
-            wide = digits[start:stop].astype(dtype)
+            wide = scratch("streamed", (stop - start) * k, dtype).reshape(stop - start, k)
+            wide[...] = digits[start:stop]
             for b, out in zip(bs, outs, strict=True):
                 np.matmul(wide, b, out=out[start:stop])
 
@@ -262,6 +264,20 @@ def _rows_per_block(shape: tuple[int, ...]) -> int:
 
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None
+_scratch = threading.local()
+
+
+def scratch(tag: str, size: int, dtype: np.dtype | type) -> np.ndarray:
+    """A buffer of ``size`` elements for this thread, reused by every call with ``tag``.
+
+    For block-sized temporaries of loops over row blocks: freshly allocated pages cost
+    more than the work done in them. The contents are undefined.
+    """
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    key = (tag, np.dtype(dtype))
+    if key not in buffers or buffers[key].size < size:
+        buffers[key] = np.empty(size, dtype=dtype)
+    return buffers[key][:size]
 
 
 def over_row_blocks(m: int, rows: int, block: Callable[[int, int], None]) -> None:
@@ -434,6 +450,7 @@ def _round8(n: int) -> int:
 
 
 # ---------------------------------------------------------------------------- choosing
+@functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags, as Linux's /proc/cpuinfo lists them (empty elsewhere)."""
     try:

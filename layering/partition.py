@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .kernel import over_row_blocks
+from .kernel import over_row_blocks, scratch
 
 __all__ = ["Partition", "PartitionRangeError", "Components"]
 
@@ -277,7 +277,7 @@ class Partition:
         seen_off_grid: list[bool] = []  # once a block is off the grid, no more checks
 
         def split(first: int, stop: int) -> None:
-            scratch = self._scratch(flat)  # reused: fresh pages cost more than the work
+            scratch = self._scratch(flat)
             for b in range(first, stop):
                 scans[b] = self._split_block(flat, digits, starts[b], scratch, seen_off_grid)
 
@@ -293,13 +293,15 @@ class Partition:
         )
 
     def _scratch(self, flat: np.ndarray) -> list[np.ndarray]:
-        """Block-sized buffers for :meth:`_split_block`: two for ``T_k``, three floats."""
+        """Block-sized buffers for :meth:`_split_block`: two for ``T_k``, three floats.
+
+        Kept per thread and reused: fresh pages would cost more than the work.
+        """
         # |T_k| < 2**(p_0 - p_k): int32 holds it for spans up to 30 bits
-        ints = np.int32 if self.points[0] - self.points[-1] <= 30 else np.int64
+        ints = np.dtype(np.int32 if self.points[0] - self.points[-1] <= 30 else np.int64)
         floats = flat.dtype if flat.dtype.kind == "f" else np.dtype(np.float64)
-        size = min(_BLOCK, flat.size)
-        return [np.empty(size, dtype=ints), np.empty(size, dtype=ints),
-                *(np.empty(size, dtype=floats) for _ in range(3))]
+        return [scratch(f"split-{k}", _BLOCK, ints) for k in range(2)] + [
+            scratch(f"split-{k}", _BLOCK, floats) for k in range(2, 5)]
 
     def _split_block(
         self, flat: np.ndarray, digits: list[np.ndarray], start: int,
