@@ -28,6 +28,7 @@ From the shell: ``layered run mnist --data-dir ../shared/data/mnist --rule certi
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -55,7 +56,7 @@ from layered.mnist_request import (
     resolve_mnist,
     task_partitions,
 )
-from layered.request import check_limits
+from layered.request import check_kernel, check_limits
 from layered.settings import Settings
 from layered.tasks import report
 from layered.tasks.mnist import (
@@ -95,6 +96,8 @@ def mnist_flow(
     chunk_size: int | None = None,
     store: str | None = None,
     run_id: str | None = None,
+    kernel: str = "auto",
+    device: str | None = None,
 ) -> dict[str, Any] | State:
     """Layered batch inference over the MNIST test split, persisted and resumable.
 
@@ -111,6 +114,8 @@ def mnist_flow(
     chunk_size : samples per Dask block.
     store : the run store directory.
     run_id : resume this run (or start it under this id).
+    kernel, device : the product kernel (``"auto"``, ``"numpy"``, ``"torch"``) and device
+        (``"cpu"``, ``"cuda"``), resolved on each worker; results do not depend on them.
 
     Returns
     -------
@@ -121,6 +126,7 @@ def mnist_flow(
     started_at = time.time()
     deadline_at = None if deadline is None else started_at + deadline
     check_limits(deadline, None, None)
+    check_kernel(kernel, device)
     report.warm_up_plotting()
     settings = Settings.from_env().replace(store=Path(store) if store else None)
     runs = RunStore(settings.store)
@@ -131,7 +137,7 @@ def mnist_flow(
     spec = resolve_mnist(request, settings, stored["parameters"] if stored else None)
     with lifecycle.running(runs, run_id, "mnist", spec.parameters, started_at,
                            deadline_at) as run:
-        job = _prepare(run, spec)
+        job = dataclasses.replace(_prepare(run, spec), kernel=kernel, device=device)
         stop = _layer_resolutions(run, job, deadline_at)
         return lifecycle.finish(run, runs, stop, plot=report.plot_mnist,
                                 summarize=mnist_summary, fields=SUMMARY_FIELDS)

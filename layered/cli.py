@@ -67,6 +67,14 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     return parser
 
 
+def _kernel_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel", choices=("auto", "numpy", "torch"), default="auto",
+                   help="product kernel on the workers: auto (default) picks the fastest"
+                   " exact one there; torch needs the torch extra; results are identical")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="where products run (default: the kernel's choice)")
+
+
 def _common(parser: argparse.ArgumentParser, defaults: Settings) -> None:
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="write the run summary as JSON to PATH")
@@ -117,11 +125,7 @@ def _add_matmul(pipelines: Any, defaults: Settings) -> None:
     p.add_argument("--block-rows", type=int, metavar="N", default=defaults.block_rows,
                    help="rows of W per Dask block; a deadline is honoured within one"
                    f" block's time (default {defaults.block_rows})")
-    p.add_argument("--kernel", choices=("auto", "numpy", "torch"), default="auto",
-                   help="product kernel on the workers: auto (default) picks the fastest"
-                   " exact one there; torch needs the torch extra; results are identical")
-    p.add_argument("--device", choices=("cpu", "cuda"),
-                   help="where products run (default: the kernel's choice)")
+    _kernel_options(p)
     _common(p, defaults)
     p.set_defaults(handler=_run_matmul)
 
@@ -156,6 +160,7 @@ def _add_mnist(pipelines: Any, defaults: Settings) -> None:
     p.add_argument("--chunk-size", type=int, metavar="N",
                    help="samples per Dask block; a deadline is honoured within one chunk's"
                    f" time (default {defaults.chunk_size})")
+    _kernel_options(p)
     _common(p, defaults)
     p.set_defaults(handler=_run_mnist)
 
@@ -309,9 +314,10 @@ def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
 def _run_mnist(args: argparse.Namespace, settings: Settings) -> int:
     from layered.data.store import RunStore, new_run_id
     from layered.mnist_request import MnistRequest, resolve_mnist
-    from layered.request import check_limits
+    from layered.request import check_kernel, check_limits
 
     check_limits(args.deadline, None, None)
+    check_kernel(args.kernel, args.device)
     settings = settings.replace(store=args.store, dask_address=args.address)
     run_id = args.run_id or new_run_id("mnist")
     request = MnistRequest(data_dir=args.data_dir, task=args.task, rule=args.rule,
@@ -328,7 +334,8 @@ def _run_mnist(args: argparse.Namespace, settings: Settings) -> int:
         return flow(
             data_dir=str(spec.data_dir), task=spec.task, rule=spec.rule, model=args.model,
             deadline=args.deadline, samples=args.samples, chunk_size=args.chunk_size,
-            store=str(settings.store), run_id=run_id, return_state=True,
+            store=str(settings.store), run_id=run_id, kernel=args.kernel, device=args.device,
+            return_state=True,
         )
 
     return _run_pipeline("mnist", flow_call, settings, run_id, args.json)

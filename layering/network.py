@@ -54,7 +54,7 @@ from .activations import (
     resolve_activation,
 )
 from .decision import DecisionContext, LogitBounds, Rule, freeze_mask, resolve_rule
-from .kernel import NumpyKernel, ProductKernel
+from .kernel import ProductKernel, resolve_kernel
 from .partition import Partition
 
 __all__ = [
@@ -599,7 +599,8 @@ def plan_inference(
     weight_partitions: Sequence[Partition],
     *,
     clip: bool = False,
-    kernel: ProductKernel | None = None,
+    kernel: ProductKernel | str = "auto",
+    device: str | None = None,
 ) -> InferencePlan:
     """Validate and split the operands of a layered inference of ``network`` on ``X``.
 
@@ -628,7 +629,7 @@ def plan_inference(
         w_parts.append(tuple(wc.value(i) for i in range(p.m)))
         b_parts.append(tuple(bc.value(i) for i in range(p.m)))
     weights_after = _accumulated(w_parts)
-    product_kernel = NumpyKernel() if kernel is None else kernel
+    product_kernel = resolve_kernel(kernel, device)
     first_layer = tuple(
         _first_layer_product(input_partition, pws[0], weights_after[k][0], k, product_kernel)
         for k in range(1, input_partition.m + 1)
@@ -780,7 +781,8 @@ def _input_product(
     ``weights`` is prepared by the kernel in ``dtype``, in which the product is exact.
     """
     block = plan.kernel.prepare(_cut(plan.input_units[rows], shift, plan.input_signed), dtype)
-    return np.asarray(plan.kernel.product(block, weights), dtype=np.float64)
+    return np.asarray(plan.kernel.to_host(plan.kernel.product(block, weights)),
+                      dtype=np.float64)
 
 
 def _row_blocks(
@@ -1092,7 +1094,8 @@ def layered_inference(
     *,
     rounding: float | None = None,
     clip: bool = False,
-    kernel: ProductKernel | None = None,
+    kernel: ProductKernel | str = "auto",
+    device: str | None = None,
 ) -> Iterator[InferenceResult]:
     """Run a network on ``X`` in successive resolutions, freezing samples by a rule.
 
@@ -1114,10 +1117,14 @@ def layered_inference(
         then exact.
     clip : bool
         Clip values outside a partition's range (counted in ``clipped``) instead of raising.
-    kernel : ProductKernel, optional
+    kernel : {"auto", "numpy", "torch"} or ProductKernel
         Computes the exact small-integer products of the first layer (and of the certified
         rule's bounds on it), in the arithmetic it chooses for their partial-sum bounds;
-        default :class:`~layered.layering.kernel.NumpyKernel`.
+        ``"auto"`` (default) is the fastest exact engine here
+        (:func:`~layered.layering.kernel.resolve_kernel`). Every kernel gives the same
+        results.
+    device : {"cpu", "cuda"}, optional
+        Where those products run (default: the kernel's choice).
 
     Yields
     ------
@@ -1142,7 +1149,7 @@ def layered_inference(
     if rounding is not None and not (math.isfinite(rounding) and rounding > 0):
         raise ValueError(f"rounding must be a positive grid step or None, got {rounding!r}")
     plan = plan_inference(model, X, input_partition, weight_partitions, clip=clip,
-                          kernel=kernel)
+                          kernel=kernel, device=device)
     policy = resolve_rule(rule)
     policy.check(model.output, rounding)
     return _resolutions(plan, policy, rounding)

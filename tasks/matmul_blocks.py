@@ -17,17 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from distributed import get_worker
 
 from layered.data.operands import ArraySource, file_stamp, load_split, save_digits
 from layered.layering import (
     Ordering,
     Partition,
-    ProductKernel,
     SplitOperand,
     resolution_block,
-    resolve_kernel,
 )
+from layered.tasks.kernels import worker_kernel
 
 __all__ = [
     "MatmulJob",
@@ -183,17 +181,6 @@ _KEPT: OrderedDict[tuple[object, ...], tuple[int, dict]] = OrderedDict()
 _KEPT_ENTRIES = 1024
 
 
-@functools.lru_cache(maxsize=4)
-def _worker_kernel(kernel: str, device: str | None) -> ProductKernel:
-    # Resolved once per worker process, within its memory limit: "auto" does not import
-    # torch (about 200 MiB) into a worker that has little memory.
-    try:
-        memory_limit = get_worker().memory_manager.memory_limit or None
-    except ValueError:  # not in a worker (blocks run in the flow's process)
-        memory_limit = None
-    return resolve_kernel(kernel, device, memory_limit=memory_limit)
-
-
 def layer_block(
     job: MatmulJob, resolution: int, previous: str | None, out: StagedResolution,
     rows: tuple[int, int],
@@ -207,7 +194,7 @@ def layer_block(
     res, kept = resolution_block(
         w, x, job.order, resolution, prev, truncation=job.truncation,
         kept=kept if for_resolution == resolution else None, reuse=job.reuse,
-        kernel=_worker_kernel(job.kernel, job.device),
+        kernel=worker_kernel(job.kernel, job.device),
     )
     if kept and resolution < job.order.resolutions:
         _KEPT[key] = (resolution + 1, kept)

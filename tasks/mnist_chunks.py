@@ -23,6 +23,7 @@ from layered.data.mnist import load_mnist, pixels_to_unit
 from layered.data.models import TrainedModel, TrainingRecipe, load_model, train_model
 from layered.data.operands import file_stamp
 from layered.layering import InferencePlan, Network, Partition, plan_inference
+from layered.tasks.kernels import worker_kernel
 
 __all__ = [
     "MnistJob",
@@ -52,6 +53,9 @@ class MnistJob:
         Samples per Dask block.
     output_shape : tuple of int
         ``(N,)`` (sigmoid) or ``(N, C)`` (softmax).
+    kernel, device : str
+        Product kernel and device, by name (see :func:`layered.layering.resolve_kernel`),
+        resolved on each worker.
     """
 
     model: str
@@ -61,6 +65,8 @@ class MnistJob:
     weight_partitions: tuple[Partition, ...]
     chunk_size: int
     output_shape: tuple[int, ...]
+    kernel: str = "auto"
+    device: str | None = None
 
     @property
     def resolutions(self) -> int:
@@ -171,7 +177,8 @@ def _chunk_plan(job: MnistJob, chunk: int, stamps: tuple[tuple[int, int], ...]) 
     # clip: the paper's weight partitions leave a few large weights outside their range
     # (counted by the plan), as `layered report mnist` does.
     return plan_inference(network, pixels_to_unit(np.asarray(images)), job.input_partition,
-                          job.weight_partitions, clip=True)
+                          job.weight_partitions, clip=True,
+                          kernel=worker_kernel(job.kernel, job.device))
 
 
 def layer_chunk(
