@@ -117,25 +117,29 @@ def test_bad_operands_are_refused_before_anything_starts(capsys, isolated, make,
     assert_nothing_started(isolated)
 
 
-def test_a_kernel_missing_here_is_refused_before_anything_starts(capsys, isolated, monkeypatch):
+@pytest.mark.parametrize("pipeline", ["matmul", "mnist"])
+def test_a_kernel_missing_here_is_refused_before_anything_starts(capsys, isolated, monkeypatch,
+                                                               pipeline):
     monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
-    code, _, err = run_main(capsys, "run", "matmul", "--store", str(isolated / "runs"),
+    code, _, err = run_main(capsys, "run", pipeline, "--store", str(isolated / "runs"),
                             "--kernel", "torch")
     assert code == 2
     assert 'needs torch, which is not installed; install it with pip install -e ".[torch]"' in err
-    code, _, err = run_main(capsys, "run", "matmul", "--store", str(isolated / "runs"),
+    code, _, err = run_main(capsys, "run", pipeline, "--store", str(isolated / "runs"),
                             "--device", "cuda")
     assert code == 2 and "torch" in err
-    code, _, err = run_main(capsys, "run", "matmul", "--store", str(isolated / "runs"),
+    code, _, err = run_main(capsys, "run", pipeline, "--store", str(isolated / "runs"),
                             "--kernel", "numpy", "--device", "cuda")
     assert code == 2 and "kernel='numpy' runs on the CPU" in err
     assert_nothing_started(isolated)
 
 
-def test_cuda_without_a_gpu_is_refused_before_anything_starts(capsys, isolated, monkeypatch):
+@pytest.mark.parametrize("pipeline", ["matmul", "mnist"])
+def test_cuda_without_a_gpu_is_refused_before_anything_starts(capsys, isolated, monkeypatch,
+                                                              pipeline):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, _, err = run_main(capsys, "run", "matmul", "--store", str(isolated / "runs"),
+    code, _, err = run_main(capsys, "run", pipeline, "--store", str(isolated / "runs"),
                             "--kernel", "torch", "--device", "cuda")
     assert code == 2
     assert "device='cuda' needs a CUDA GPU, but none is visible" in err
