@@ -3,21 +3,23 @@
 In one run: trains the paper's even/odd model (seed 0, a few seconds), then times
 one-shot float64 ``Network.forward`` on the 10,000 test images and layered inference with
 the paper's partitions (METHOD §6, R = 4 one-bit components) under each rule (none,
-gray-zone, margin, certified). Prints the CPU (model, the flags that decide which exact
-arithmetic is fast, BLAS threads), then per rule, as ratios against the one-shot pass
-(median of interleaved repeats, so machine load affects both sides alike): wall-clock of
-the whole layered inference (operand splitting included) and of its first answer, bit
-operations, accuracy, and the fraction of samples that needed the last resolution.
+gray-zone, margin, certified) and each product kernel asked for. Prints the CPU (model,
+the flags that decide which exact arithmetic is fast, BLAS threads), then per kernel and
+rule, as ratios against the one-shot pass (median of interleaved repeats, so machine load
+affects both sides alike): wall-clock of the whole layered inference (operand splitting
+included) and of its first answer, bit operations, accuracy, and the fraction of samples
+that needed the last resolution.
 
 Usage::
 
     python benchmarks/bench_inference.py [--data-dir ../shared/data/mnist] [--repeats 7]
-                                         [--kernel numpy]
+                                         [--kernels numpy auto]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import time
@@ -27,7 +29,7 @@ import numpy as np
 
 from layered.data import load_mnist, pixels_to_unit, train_model
 from layered.layering import Network, layered_inference, one_shot_cost
-from layered.layering.kernel import NumpyKernel, ProductKernel
+from layered.layering.kernel import resolve_kernel
 from layered.reports.mnist import PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
@@ -54,17 +56,6 @@ def cpu_summary() -> str:
             f" BLAS threads: {threads or 'default'}; numpy {np.__version__}")
 
 
-def product_kernel(name: str) -> ProductKernel:
-    """The kernel named ``name``; names other than "numpy" need ``resolve_kernel``."""
-    try:
-        from layered.layering.kernel import resolve_kernel  # type: ignore[attr-defined]
-    except ImportError:
-        if name != "numpy":
-            raise SystemExit(f"--kernel {name!r}: this build has only the 'numpy' kernel") from None
-        return NumpyKernel()
-    return resolve_kernel(name)
-
-
 def timed_layered(net, X, rule, kernel) -> tuple[float, float, list]:
     """Seconds to the first answer and to the last, and every resolution's result."""
     start = time.perf_counter()
@@ -80,10 +71,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--kernel", default="numpy",
-                        help="product kernel for the exact small-integer products")
+    parser.add_argument("--kernels", nargs="+", default=["numpy", "auto"],
+                        choices=["numpy", "torch", "auto"],
+                        help="product kernels for the exact small-integer products, each"
+                        " timed in turn (default: numpy and what auto picks here)")
     args = parser.parse_args()
-    kernel = product_kernel(args.kernel)
+    kernels = [resolve_kernel(name) for name in args.kernels]
 
     train = load_mnist(args.data_dir, "train")
     images, labels = load_mnist(args.data_dir, "test")
@@ -101,13 +94,14 @@ def main() -> None:
     base_acc = np.mean((net.forward(X) >= 0.5) == targets)
     print(cpu_summary())
     print(f"{len(X)} test images, even/odd 784-20-20-1, R=4 one-bit components;"
-          f" one-shot float64 accuracy {base_acc:.4f}; kernel {kernel.name};"
-          f" median of {args.repeats} interleaved repeats")
-    header = (f"{'rule':>10} | {'wall-clock':>10} | {'first ans':>9} | {'bit ops':>8} |"
-              f" {'accuracy':>8} | {'need last res':>13} | {'one-shot':>8}")
+          f" one-shot float64 accuracy {base_acc:.4f};"
+          f" median of {args.repeats} interleaved repeats; auto picks"
+          f" {resolve_kernel('auto').name}")
+    header = (f"{'kernel':>9} | {'rule':>10} | {'wall-clock':>10} | {'first ans':>9} |"
+              f" {'bit ops':>8} | {'accuracy':>8} | {'need last res':>13} | {'one-shot':>8}")
     print(header)
     print("-" * len(header))
-    for rule in RULES:
+    for kernel, rule in itertools.product(kernels, RULES):
         timed_layered(net, X, rule, kernel)  # warm-up
         ratios, firsts, bases = [], [], []
         for _ in range(args.repeats):
@@ -120,7 +114,8 @@ def main() -> None:
         bits = sum(r.bit_ops for r in results) / one_shot_bits
         accuracy = np.mean((np.ravel(last.outputs) >= 0.5) == targets)
         needed = np.mean(last.frozen_at == last.resolutions)
-        print(f"{rule or 'none':>10} | {np.median(ratios):9.2f}x | {np.median(firsts):8.2f}x |"
+        print(f"{kernel.name:>9} | {rule or 'none':>10} | {np.median(ratios):9.2f}x |"
+              f" {np.median(firsts):8.2f}x |"
               f" {bits:7.3f}x | {accuracy:8.4f} | {needed:13.3f} |"
               f" {np.median(bases) * 1e3:6.1f}ms")
 
