@@ -27,6 +27,7 @@ From the shell: ``layered run matmul --shape 512 512 128 --deadline 30``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -34,7 +35,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import numpy as np
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
@@ -45,6 +45,7 @@ from layered.flows import lifecycle
 from layered.flows.cluster import dask_task_runner
 from layered.flows.lifecycle import Stop
 from layered.flows.request import MatmulRequest, MatmulSpec, check_limits, resolve_matmul
+from layered.layering import Partition
 from layered.layering.product import truncation_bound
 from layered.settings import Settings
 from layered.tasks import report
@@ -59,7 +60,7 @@ from layered.tasks.matmul import (
 
 __all__ = ["matmul_flow", "matmul_summary", "SUMMARY_FIELDS"]
 
-SUMMARY_FIELDS = ("resolution", "elapsed_s", "bound", "max_abs_error")
+SUMMARY_FIELDS = ("resolution", "elapsed_s", "bound", "max_abs_error", "max_abs_error_float64")
 
 
 def _flow_run_name() -> str:
@@ -210,10 +211,11 @@ def _prepare(
     if split or reference:
         staged = _stage_digits(run, job) if split else {}
         if reference:
-            staged["reference.npy"] = run.stage_array("reference", (spec.shape[0], spec.shape[2]),
-                                                      "<f8")
+            for name in ("reference", "reference-float64"):
+                staged[f"{name}.npy"] = run.stage_array(name, (spec.shape[0], spec.shape[2]),
+                                                        "<f8")
         staged_job = dataclasses.replace(
-            job,
+            job, reference_float64=staged.get("reference-float64.npy"),
             w_digits=tuple(staged.get(_rel(run, p), p) for p in job.w_digits),
             x_digits=tuple(staged.get(_rel(run, p), p) for p in job.x_digits),
         )
@@ -226,22 +228,31 @@ def _prepare(
         ended_at = time.time()
         files = run.commit_arrays(staged)
         if split:
-            digits = {k: v for k, v in files.items() if k != "reference"}
+            digits = {k: v for k, v in files.items() if not k.startswith("reference")}
             run.record_prepared("digits", {"off_grid": list(outcome), "files": digits})
         if reference:
-            run.record_prepared("reference", {"files": {"reference": "reference.npy"}})
+            run.record_prepared("reference", {"files": {
+                "reference": "reference.npy", "reference_float64": "reference-float64.npy"}})
         if deadline_at is not None and ended_at >= deadline_at:  # kept for a resume
             return Stop("deadline", ended_at, Cancelled(
                 message="deadline passed during the operand preparation; stopped"))
     off_w, off_x = run.manifest["prepared"]["digits"]["off_grid"]
+    references = run.manifest["prepared"].get("reference", {}).get("files", {})
     return dataclasses.replace(
         job,
         reference=run.array_path("reference.npy") if measure else None,
+        reference_float64=(run.array_path(references["reference_float64"])
+                           if measure and "reference_float64" in references else None),
         truncation=truncation_bound(
-            spec.shape[1], spec.pw.resolution if off_w else 0.0,
-            spec.px.resolution if off_x else 0.0, *spec.max_abs,
+            spec.shape[1], _coarsest_step(spec.pw) if off_w else 0.0,
+            _coarsest_step(spec.px) if off_x else 0.0, *spec.max_abs,
         ),
     )
+
+
+def _coarsest_step(p: Partition) -> float:
+    """The finest grid step of the coarsest row or column: what truncation may drop."""
+    return math.ldexp(1.0, p.points[-1] + max(p.offsets or (0,)))
 
 
 def _rel(run: Run, path: str) -> str:
@@ -254,8 +265,8 @@ def _stage_digits(run: Run, job: MatmulJob) -> dict[str, str]:
     for source, partition, paths in (
         (job.w, job.pw, job.w_digits), (job.x, job.px, job.x_digits)
     ):
-        # the digits' dtypes, as the partition makes them
-        dtypes = [d.dtype.str for d in partition.components(np.zeros((1, 1))).digits]
+        # the digits' dtypes, as the partition's widths make them
+        dtypes = [d.dtype.str for d in Partition(partition.points).components(0.0).digits]
         for path, dtype in zip(paths, dtypes, strict=True):
             rel = _rel(run, path)
             staged[rel] = run.stage_array(rel.replace("/", "-")[:-4], source.shape, dtype)
@@ -280,8 +291,10 @@ def _operand_sources(run: Run, spec: MatmulSpec) -> tuple[ArraySource, ArraySour
 def matmul_summary(manifest: Mapping[str, Any], store: Path | str) -> dict[str, Any]:
     """The run summary: ``run_id, status, stopped_reason, store, resolutions``.
 
-    Each resolution lists ``resolution, elapsed_s, bound`` (the largest guaranteed bound)
-    and ``max_abs_error`` (against the truncated one-shot product; None when not measured).
+    Each resolution lists ``resolution, elapsed_s, bound`` (the largest guaranteed bound),
+    ``max_abs_error`` (against the truncated one-shot product) and
+    ``max_abs_error_float64`` (against the float64 one-shot ``W @ X`` of the operands as
+    given); None when not measured.
     """
     return {
         "run_id": manifest["run_id"],

@@ -260,15 +260,18 @@ class Partition:
         offsets = np.asarray(self.offsets, dtype=np.int64)
         return offsets[:, None] if self.axis == 1 else offsets[None, :]
 
-    def block(self, start: int, stop: int) -> Partition:
-        """The partition of rows (or columns) ``start:stop``; a global one is returned as is.
+    def rows(self, start: int, stop: int) -> Partition:
+        """The partition of rows ``start:stop`` of the array this partition is for.
+
+        A per-row partition keeps those rows' offsets; a per-column or global one is the
+        same for every block of rows.
 
         Examples
         --------
-        >>> Partition((0, -4), offsets=[3, 5, 7], axis=1).block(1, 3)
+        >>> Partition((0, -4), offsets=[3, 5, 7], axis=1).rows(1, 3)
         Partition(points=(0, -4), axis=1, offsets=(5, 7))
         """
-        if self.offsets is None:
+        if self.offsets is None or self.axis != 1:
             return self
         return Partition(self.points, self.offsets[start:stop], self.axis)
 

@@ -63,6 +63,8 @@ class MatmulJob:
         Rows of W per Dask block.
     reference : str or None
         The truncated one-shot product ``W_t @ X_t``, when measured.
+    reference_float64 : str or None
+        The float64 one-shot product ``W @ X`` of the operands as given, when measured.
     truncation : float
         Bound on ``|W @ X - W_t @ X_t|`` (0 for operands on their partitions' grids).
     reuse : str
@@ -79,6 +81,7 @@ class MatmulJob:
     x_digits: tuple[str, ...]
     block_rows: int
     reference: str | None = None
+    reference_float64: str | None = None
     truncation: float = 0.0
     reuse: str = "auto"
 
@@ -119,6 +122,9 @@ class ResolutionOutcome:
         Whether every block was exact arithmetic.
     task_s : float
         Wall time of the fan-out inside the task (0 for one block).
+    max_abs_error_float64 : float or None
+        ``max |W @ X - Ω_r|`` against the float64 one-shot product of the operands as
+        given, when it was computed.
     """
 
     resolution: int
@@ -129,11 +135,14 @@ class ResolutionOutcome:
     flops: int
     exact: bool
     task_s: float = 0.0
+    max_abs_error_float64: float | None = None
 
     @classmethod
     def combine(cls, blocks: Sequence[ResolutionOutcome], task_s: float) -> ResolutionOutcome:
         """The outcome of a whole resolution from those of its row blocks."""
         errors = [b.max_abs_error for b in blocks if b.max_abs_error is not None]
+        float64 = [b.max_abs_error_float64 for b in blocks
+                   if b.max_abs_error_float64 is not None]
         return cls(
             resolution=blocks[0].resolution,
             bound=max(b.bound for b in blocks),
@@ -143,6 +152,7 @@ class ResolutionOutcome:
             flops=sum(b.flops for b in blocks),
             exact=all(b.exact for b in blocks),
             task_s=task_s,
+            max_abs_error_float64=max(float64) if float64 else None,
         )
 
 
@@ -153,6 +163,7 @@ def _split_block(
 ) -> bool:
     """Split rows of an operand into digit files; True if any value was off the grid."""
     block = source.rows(*rows)
+    partition = partition.rows(*rows)
     save_digits(partition.components(block, name=name), paths, rows)
     if block.dtype.kind in "iu" and partition.points[-1] <= 0:
         return False  # integers are on every grid of step 2**p, p <= 0
@@ -165,13 +176,24 @@ def _truncated(source: ArraySource, partition: Partition, stamp: tuple[int, int]
     return partition.truncate(source.read())
 
 
+@functools.lru_cache(maxsize=1)
+def _as_given(source: ArraySource, stamp: tuple[int, int]) -> np.ndarray:
+    # Cached per worker process, as _truncated: every block needs all of X.
+    return source.read().astype(np.float64)
+
+
 def _reference_block(job: MatmulJob, out: str, rows: tuple[int, int]) -> None:
-    """Rows of the one-shot float64 product of the truncated operands."""
-    w_t = job.pw.truncate(job.w.rows(*rows))
+    """Rows of the one-shot float64 products of the truncated and of the given operands."""
+    w = job.w.rows(*rows)
     x_t = _truncated(job.x, job.px, file_stamp(job.x.path))
-    target = np.load(out, mmap_mode="r+")
-    target[rows[0] : rows[1]] = w_t @ x_t
-    target.flush()
+    products = [(out, job.pw.rows(*rows).truncate(w) @ x_t)]
+    if job.reference_float64 is not None:
+        x = _as_given(job.x, file_stamp(job.x.path))
+        products.append((job.reference_float64, w.astype(np.float64) @ x))
+    for path, product in products:
+        target = np.load(path, mmap_mode="r+")
+        target[rows[0] : rows[1]] = product
+        target.flush()
 
 
 @task(task_run_name="prepare-operands", cache_policy=NO_CACHE)
@@ -253,12 +275,14 @@ def _layer_block(
         target = np.load(path, mmap_mode="r+")
         target[start:stop] = values
         target.flush()
-    error = None
-    if job.reference is not None:
-        ref = np.load(job.reference, mmap_mode="r")[start:stop]
-        error = float(np.max(np.abs(ref - res.estimate)))
+    error, error_float64 = (
+        None if path is None
+        else float(np.max(np.abs(np.load(path, mmap_mode="r")[start:stop] - res.estimate)))
+        for path in (job.reference, job.reference_float64)
+    )
     return ResolutionOutcome(
-        resolution, res.max_bound, res.static_bound, error, res.bit_ops, res.flops, res.exact
+        resolution, res.max_bound, res.static_bound, error, res.bit_ops, res.flops, res.exact,
+        max_abs_error_float64=error_float64,
     )
 
 

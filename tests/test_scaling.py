@@ -236,8 +236,9 @@ def test_row_blocks_match_the_whole_product_bit_for_bit():
     whole = list(layered_matmul(W, X, pw, px, reuse="none"))
     order = Ordering.anti_diagonal(pw.m, px.m)
     x = SplitOperand(X, px, name="X")
+    assert px.rows(0, 3) is px  # a block of rows has every column
     for start, stop in [(0, 3), (3, 7)]:
-        w = SplitOperand(W[start:stop], pw.block(start, stop), name="W")
+        w = SplitOperand(W[start:stop], pw.rows(start, stop), name="W")
         previous, kept = None, None
         for res in whole:
             block, kept = resolution_block(w, x, order, res.resolution, previous, kept=kept)
