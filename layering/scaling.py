@@ -56,7 +56,6 @@ __all__ = [
     "largest_entry",
     "rescale",
     "rescale_is_exact",
-    "rounding_bound",
     "scaled_bound",
     "scaled_truncation_bound",
 ]
@@ -151,23 +150,27 @@ def rescale(term: npt.ArrayLike, w, x) -> np.ndarray:
     return out
 
 
-def rounding_bound(w, x, pairs: int, resolutions: int) -> np.ndarray:
-    """Bound on the float64 rounding of every resolution's estimate (real units, elementwise).
+def _rounding_factors(w, x, pairs: int, resolutions: int) -> tuple[np.ndarray, np.ndarray]:
+    """``γ_n rowsum|W_t|`` (M, 1) and ``colmax|X_t|`` (1, N), in the shared units.
 
-    ``γ_n rowsum|W_t|_a colmax|X_t|_b`` with ``n`` the roundings per entry, which bounds
-    ``γ_n (|W_t| @ |X_t|)_ab``, plus ``(n + 2) 2**-1074`` for underflow.
+    Their outer product bounds ``γ_n (|W_t| @ |X_t|)``: the rounding of every resolution's
+    estimate, ``n`` being the roundings per entry (see the module notes).
     """
     widest = (1 << max(w.components.widths)) * (1 << max(x.components.widths))
     exact_leaves = 4 * w.shape[1] * widest < 2**53  # also Karatsuba's doubled digits
     n = (pairs if exact_leaves else 4 * pairs) + resolutions
     gamma = 1.01 * n * _U / (1 - n * _U)  # 1.01: room for the rounding of this very bound
-    s, t = _offsets(w, x)
     row_sum = sum(w.abs_stats(i, axis=1)[0] for i in range(w.partition.m))
     col_max = sum(x.abs_stats(j, axis=0)[1] for j in range(x.partition.m))
-    with np.errstate(over="ignore"):  # an infinite bound is still a bound
-        rows = np.ldexp(gamma * np.asarray(row_sum)[:, None], s)
-        cols = np.ldexp(np.asarray(col_max)[None, :], t)
-        return rows * cols + (n + 2) * _TINY
+    return gamma * np.asarray(row_sum)[:, None], np.asarray(col_max)[None, :]
+
+
+def _underflow_possible(w, x) -> bool:
+    """Whether a term, a bound or a rounding bound of the product may fall below 2**-1022."""
+    s, t = _offsets(w, x)
+    lo = _magnitude_exponents(w, x)[0] - 64  # γ_n and the slack reach below the grid
+    s_lo, t_lo = _range(s)[0], _range(t)[0]
+    return min(s_lo, t_lo, s_lo + t_lo, 0) + lo < _EMIN or not rescale_is_exact(w, x)
 
 
 def scaled_bound(
@@ -175,31 +178,38 @@ def scaled_bound(
 ) -> np.ndarray:
     """A remaining-pairs bound in the shared units made a guarantee in real units.
 
-    Rescaled entry by entry; when the estimate is not exact, the rounding term of
-    :func:`rounding_bound` is added. A global product that is exact is returned as is.
+    Rescaled entry by entry; when the estimate is not exact, the rounding term
+    ``γ_n rowsum|W_t|_a colmax|X_t|_b`` is added (see the module notes), and where
+    something may underflow, ``2**-1074`` per rounding. A global product that is exact
+    is returned as is.
 
     Parameters
     ----------
     bound : ndarray
-        Bound on the pairs not yet added, in the shared units.
+        Bound on the pairs not yet added, in the shared units (broadcastable).
     pairs, resolutions : int
         Component pairs and resolutions of the whole product (for the rounding term).
     exact : bool
         Whether the estimates are exact (no rounding to account for).
     """
     s, t = _offsets(w, x)
-    unscaled = isinstance(s, int) and isinstance(t, int)
-    if exact and unscaled:
+    if exact and isinstance(s, int) and isinstance(t, int):
         return bound
-    if unscaled or rescale_is_exact(w, x):
-        out = np.asarray(bound * np.ldexp(1.0, s) * np.ldexp(1.0, t))
-    else:
-        with np.errstate(over="ignore"):  # an infinite bound is still a bound
-            out = np.ldexp(bound, np.add(s, t)) + _TINY
     # relative room for the float64 sums that computed `bound` (non-negative terms)
-    out = out * (1.0 + 4 * (pairs + 4) * _U)
-    if not exact:
-        out = out + rounding_bound(w, x, pairs, resolutions)
+    slack = 1.0 + 4 * (pairs + 4) * _U
+    out = np.empty((w.shape[0], x.shape[1]))
+    with np.errstate(over="ignore"):  # an infinite bound is still a bound
+        if rescale_is_exact(w, x):  # powers of two in range: plain products are exact
+            np.multiply(bound, slack * np.ldexp(1.0, s), out=out)
+            if not isinstance(t, int):
+                out *= np.ldexp(1.0, t)
+        else:
+            out[...] = np.ldexp(np.multiply(bound, slack), np.add(s, t))
+        if not exact:
+            rows, cols = _rounding_factors(w, x, pairs, resolutions)
+            out += np.ldexp(rows, s) * np.ldexp(cols, t)
+    if _underflow_possible(w, x):
+        out += (2 * pairs + resolutions + 4) * _TINY
     return out
 
 
@@ -240,7 +250,10 @@ def _drop(a: npt.ArrayLike | None, split, axis: int) -> np.ndarray | float:
     offsets = split.components.offsets
     grid = split.partition.points[-1] + (0 if offsets is None else offsets)
     mag = np.abs(arr)
-    on_grid = np.ldexp(np.floor(np.ldexp(mag, -grid)), grid) == mag
+    if _EMIN <= _range(grid)[0] and _range(grid)[1] <= _EMAX:  # 2**±grid normal: exact
+        on_grid = np.floor(mag * np.ldexp(1.0, -grid)) * np.ldexp(1.0, grid) == mag
+    else:
+        on_grid = np.ldexp(np.floor(np.ldexp(mag, -grid)), grid) == mag
     if offsets is None:
         return 0.0 if bool(np.all(on_grid)) else math.ldexp(1.0, int(grid))
     steps = np.where(np.all(on_grid, axis=axis, keepdims=True), 0.0, np.ldexp(1.0, grid))
