@@ -250,3 +250,37 @@ def test_row_blocks_match_the_whole_product_bit_for_bit():
             np.testing.assert_array_equal(
                 np.broadcast_to(block.bound, block.estimate.shape), whole_bound[start:stop])
             previous = block.estimate
+
+
+def test_per_row_split_reports_the_largest_value_as_given_and_whether_it_dropped_bits():
+    rng = np.random.default_rng(18)
+    W, _ = scaled_operands(rng, 300, 700, 1)  # several split blocks, rows across blocks
+    for axis in (1, 0):
+        p = Partition.auto(W, (7,) * 8, axis=axis)
+        comps = p.components(W)
+        assert comps.abs_max == np.max(np.abs(W))
+        assert comps.off_grid
+        assert np.array_equal(sum(comps.value(i) for i in range(p.m)), p.truncate(W))
+        on_grid = p.truncate(W)
+        assert not p.components(on_grid).off_grid
+
+
+@pytest.mark.parametrize("reuse", ["none", "karatsuba", "panel"])
+def test_wide_digits_with_int64_products_stay_within_the_bound(reuse):
+    # 20-bit digits and K = 8200: products pass 2**53 and are int64, whose conversion
+    # (and Karatsuba's sums) the rounding term must cover
+    rng = np.random.default_rng(19)
+    k = 8200
+    W = rng.integers(-(2**39), 2**39, (2, k)).astype(np.float64)
+    X = rng.integers(-(2**39), 2**39, (k, 9)).astype(np.float64)
+    pw, px = Partition.auto(W, (20, 20)), Partition.auto(X, (20, 20))
+    exact = np.asarray(W, dtype=np.int64).astype(object) @ np.asarray(X, dtype=np.int64).astype(
+        object)
+    results = list(layered_matmul(W, X, pw, px, reuse=reuse, kernel="numpy"))
+    assert all("int64" in r.dtypes for r in results[:2])
+    for res in results:
+        bound = np.broadcast_to(res.bound, res.estimate.shape)
+        for (i, j), value in np.ndenumerate(exact):
+            error = abs(Fraction(float(res.estimate[i, j])) - value)
+            assert error <= Fraction(float(bound[i, j])), (res.resolution, i, j)
+    assert results[-1].truncation_bound == 0
