@@ -36,7 +36,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from layered.layering import Partition, layered_matmul
+from layered.layering import KERNEL_NAMES, Partition, layered_matmul, resolve_kernel
 
 BITS = (7,) * 8
 
@@ -145,15 +145,15 @@ def accuracy(n: int, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------- (b) cost
-def run(W, X, pw, px) -> tuple[float, float]:
+def run(W, X, pw, px, kernel) -> tuple[float, float]:
     """Wall and CPU seconds (all threads) of a whole layered product."""
     start, cpu = time.perf_counter(), time.process_time()
-    for _ in layered_matmul(W, X, pw, px):
+    for _ in layered_matmul(W, X, pw, px, kernel=kernel):
         pass
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def cost(size: int, repeats: int, seed: int) -> dict:
+def cost(size: int, repeats: int, seed: int, kernel) -> dict:
     rng = np.random.default_rng(seed)
     W = rng.normal(size=(size, size)) * np.logspace(-6, 6, size)[:, None]
     X = rng.normal(size=(size, size))
@@ -162,10 +162,11 @@ def cost(size: int, repeats: int, seed: int) -> dict:
     kinds = ("per_row", "global")
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
     ratios, cpu_ratios = [], []
-    run(W, X, *global_)  # warm up BLAS threads and the allocator
+    run(W, X, *global_, kernel)  # warm up BLAS threads and the allocator
     for r in range(repeats):
         order = kinds if r % 2 == 0 else kinds[::-1]  # alternate which goes first
-        pair = {kind: run(W, X, *(per_row if kind == "per_row" else global_)) for kind in order}
+        pair = {kind: run(W, X, *(per_row if kind == "per_row" else global_), kernel)
+                for kind in order}
         for kind in kinds:
             times[kind].append(pair[kind][0])
         ratios.append(pair["per_row"][0] / pair["global"][0])
@@ -187,6 +188,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="M = K = N in (b)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kernel", default="auto", choices=KERNEL_NAMES,
+                        help="product kernel of (b), the same for both partitions")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     print(f"CPU: {cpu_description()}; numpy {np.__version__}")
@@ -211,8 +214,10 @@ def main() -> None:
         print(f"    resolution 2, max |error| / (|W| @ |X|): per-row {pr[key]:.3e},"
               f" global {gl[key]:.3e}  ({gl[key] / pr[key]:.0f}x smaller)")
 
-    speed = cost(args.size, args.repeats, args.seed)
-    print(f"\n(b) cost at {args.size}^3, bits {BITS}, numpy kernel, splitting included,"
+    kernel = resolve_kernel(args.kernel)
+    speed = {**cost(args.size, args.repeats, args.seed, kernel), "kernel": kernel.name}
+    print(f"\n(b) cost at {args.size}^3, bits {BITS}, {kernel.name} kernel ({args.kernel}),"
+          " splitting included,"
           f" {args.repeats} interleaved pairs:")
     print(f"    global {speed['global_s']:.2f} s, per-row/per-column {speed['per_row_s']:.2f} s;"
           f" median ratio {speed['ratio_median']:.3f} (target <= 1.10);"
