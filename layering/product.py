@@ -504,7 +504,7 @@ def _result(
     group, remaining = order.groups[r - 1], order.remaining(r)
     exact = _accumulation_is_exact(pw, px, k) and rescale_is_exact(w, x)
     if scales is not None and not scales.exact:
-        check_range(estimate, w, x)
+        check_range(kernel.to_host(estimate), w, x)
     if scales is None and exact:  # one global partition, exact sums: the lean path
         bounds = _bound(w, x, remaining, bound, kernel)
     elif scales is None or scales.exact:  # rescale and rounding folded into the factors
@@ -512,7 +512,7 @@ def _result(
         bounds = scaled_bound(w, x, remaining, static, kernel, len(order.remaining(0)),
                               order.resolutions, exact)
     else:  # offsets beyond float64's normal range: ldexp entry by entry
-        bounds = ldexp_bound(_bound(w, x, remaining, bound, kernel), w, x,
+        bounds = ldexp_bound(kernel.to_host(_bound(w, x, remaining, bound, kernel)), w, x,
                              len(order.remaining(0)), order.resolutions, exact)
     if to_host:
         estimate, bounds = kernel.to_host(estimate), kernel.to_host(bounds)
