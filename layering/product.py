@@ -41,6 +41,7 @@ from .scaling import (
     rescaling,
     scaled_bound,
     scaled_truncation_bound,
+    sum_slack,
 )
 
 __all__ = [
@@ -54,10 +55,6 @@ __all__ = [
 ]
 
 BOUND_KINDS = ("data", "static")
-
-# Relative slack added to data-dependent bounds so that float64 rounding in the (tiny)
-# bound arithmetic can never make a bound smaller than the true worst case.
-_BOUND_SLACK = 1.0 + 8 * np.finfo(np.float64).eps
 
 
 class SplitOperand:
@@ -586,4 +583,4 @@ def _bound(
     row_max = np.stack([w.abs_stats(i, axis=1)[1] for i, _ in remaining], axis=1)
     col_sum = np.stack([x.abs_stats(j, axis=0)[0] for _, j in remaining], axis=0)
     col_max = np.stack([x.abs_stats(j, axis=0)[1] for _, j in remaining], axis=0)
-    return kernel.bound(row_sum, row_max, col_sum, col_max, _BOUND_SLACK)
+    return kernel.bound(row_sum, row_max, col_sum, col_max, sum_slack(len(remaining)))

@@ -69,12 +69,30 @@ __all__ = [
     "rescaling",
     "scaled_bound",
     "scaled_truncation_bound",
+    "sum_slack",
 ]
 
 _U = 2.0**-53  # unit roundoff of float64
 _TINY = math.ldexp(1.0, -1074)  # the smallest subnormal: the most one underflow can lose
 # float64 normal exponents: 2**e is normal for -1022 <= e <= 1023
 _EMIN, _EMAX = -1022, 1023
+
+
+def sum_slack(terms: int) -> float:
+    """Relative room for a bound's float64 sum of ``terms`` non-negative products.
+
+    A computed sum of ``q`` such products lies within ``(1 ± γ_{q+1})`` of the exact one,
+    so ``1 + 2 (q + 2)**2 u`` covers it, and grows fast enough with ``q`` that a bound
+    over fewer terms (a later resolution's, even when the pairs it dropped were zero)
+    never comes out larger: ``(1 + γ_q)(1 + 2 (q + 1)**2 u) <= (1 - γ_{q+1})(1 + 2 (q +
+    2)**2 u)``.
+
+    Examples
+    --------
+    >>> sum_slack(3) < sum_slack(4) < 1 + 1e-13
+    True
+    """
+    return 1.0 + 2 * (terms + 2) ** 2 * _U
 
 
 def check_scaling(pw: Partition, px: Partition) -> None:
@@ -238,8 +256,7 @@ def scaled_bound(
         return np.zeros((1, 1))
     row_scale = np.ldexp(1.0, s) if not isinstance(s, int) else 1.0  # (M, 1)
     col_scale = np.ldexp(1.0, t) if not isinstance(t, int) else 1.0  # (1, N)
-    # relative room for the float64 sums of the outer products (non-negative terms)
-    slack = 1.0 + 4 * (len(rows_sum) + 4) * _U
+    slack = sum_slack(len(rows_sum))  # the float64 sums of the outer products
     with np.errstate(over="ignore"):  # an infinite bound is still a bound
         return kernel.bound(
             np.stack(rows_sum, axis=1) * row_scale, np.stack(rows_max, axis=1) * row_scale,
