@@ -111,10 +111,18 @@ class OperandScan:
     sha256 : str
         Digest of the values (little-endian bytes of the stored dtype, row by row), the
         same for a ``.npy`` file and a zarr array holding the same values.
+    row_max, column_max : ndarray
+        Largest ``|value|`` of every row and of every column (for per-row and per-column
+        partitions).
+    integral : bool
+        Whether every value is an integer.
     """
 
     max_abs: float
     sha256: str
+    row_max: np.ndarray
+    column_max: np.ndarray
+    integral: bool
 
 
 def open_operand(path: str | os.PathLike[str], name: str) -> ArraySource:
@@ -195,7 +203,9 @@ def _scan_cached(
     # Cached on (file, size, mtime): the CLI checks operands before starting anything and
     # the flow checks them again in the same process, so the second pass is free.
     digest = hashlib.sha256()
-    top = 0.0
+    row_max = np.zeros(source.shape[0])
+    column_max = np.zeros(source.shape[1])
+    integral = True
     for start, block in source.row_blocks():
         values = block.astype(np.float64, copy=False)
         bad = ~np.isfinite(values)
@@ -215,9 +225,13 @@ def _scan_cached(
                     f" {source.path} is out of range for partition {partition.points}:"
                     f" |value| must be < 2^p_0 = {partition.limit:g}"
                 )
-        top = max(top, float(np.max(np.abs(values))))
+        mag = np.abs(values)
+        row_max[start : start + len(mag)] = np.max(mag, axis=1)
+        np.maximum(column_max, np.max(mag, axis=0), out=column_max)
+        if integral and block.dtype.kind == "f":
+            integral = bool(np.all(np.trunc(values) == values))
         digest.update(np.ascontiguousarray(block).astype(block.dtype.newbyteorder("<")).tobytes())
-    return OperandScan(top, digest.hexdigest())
+    return OperandScan(float(np.max(row_max)), digest.hexdigest(), row_max, column_max, integral)
 
 
 def file_stamp(path: str) -> tuple[int, int]:
@@ -350,7 +364,10 @@ def load_split(
     for path in paths:
         arr = np.load(path, mmap_mode="r")
         digits.append(np.array(arr if rows is None else arr[rows[0] : rows[1]]))
-    comps = Components(digits, partition.exponents, partition.widths)
+    if rows is not None:
+        partition = partition.rows(*rows)
+    comps = Components(digits, partition.exponents, partition.widths,
+                       offsets=partition.offsets_for(digits[0].shape, name))
     return SplitOperand.from_components(comps, partition, name=name)
 
 

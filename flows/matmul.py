@@ -28,6 +28,7 @@ From the shell: ``layered run matmul --shape 512 512 128 --deadline 30``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -35,7 +36,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import numpy as np
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
@@ -51,6 +51,7 @@ from layered.data.operands import (
 from layered.data.store import Run, RunStore, new_run_id
 from layered.flows import lifecycle
 from layered.flows.lifecycle import Stop
+from layered.layering import Partition
 from layered.layering.product import truncation_bound
 from layered.request import (
     MatmulRequest,
@@ -74,7 +75,7 @@ from layered.tasks.matmul import (
 
 __all__ = ["matmul_flow", "matmul_summary", "SUMMARY_FIELDS"]
 
-SUMMARY_FIELDS = ("resolution", "elapsed_s", "bound", "max_abs_error")
+SUMMARY_FIELDS = ("resolution", "elapsed_s", "bound", "max_abs_error", "max_abs_error_float64")
 
 
 def _flow_run_name() -> str:
@@ -199,17 +200,19 @@ def _layer_resolutions(
 
 
 def _measure_errors(run: Run, job: MatmulJob) -> None:
-    """Record ``max_abs_error`` of the resolutions that lack it, against the one-shot
-    float64 product of the truncated operands, computed now (after the layering, so never
-    on its path) on the cluster, and show them in the UI."""
+    """Record ``max_abs_error`` (against the one-shot float64 product of the truncated
+    operands) and ``max_abs_error_float64`` (against the float64 one-shot ``W @ X`` of the
+    operands as given) of the resolutions that lack them, both computed now (after the
+    layering, so never on its path) on the cluster, and show them in the UI."""
     entries = [e for e in run.completed_resolutions() if e.get("max_abs_error") is None]
     if not entries:
         return
     estimates = [run.array_path(e["files"]["estimate"]) for e in entries]
     errors = measure_errors(job, estimates)
-    run.record_measures("max_abs_error", {
-        e["resolution"]: error for e, error in zip(entries, errors, strict=True)
-    })
+    for name, values in zip(("max_abs_error", "max_abs_error_float64"), errors, strict=True):
+        run.record_measures(name, {
+            e["resolution"]: error for e, error in zip(entries, values, strict=True)
+        })
     done = run.completed_resolutions()
     report.publish_table(report.artifact_key("matmul", run.run_id), done, job.order.resolutions)
 
@@ -268,10 +271,15 @@ def _prepare(
     return dataclasses.replace(
         job,
         truncation=truncation_bound(
-            spec.shape[1], spec.pw.resolution if off_w else 0.0,
-            spec.px.resolution if off_x else 0.0, *spec.max_abs,
+            spec.shape[1], _coarsest_step(spec.pw) if off_w else 0.0,
+            _coarsest_step(spec.px) if off_x else 0.0, *spec.max_abs,
         ),
     )
+
+
+def _coarsest_step(p: Partition) -> float:
+    """The finest grid step of the coarsest row or column: what truncation may drop."""
+    return math.ldexp(1.0, p.points[-1] + max(p.offsets or (0,)))
 
 
 def _rel(run: Run, path: str) -> str:
@@ -284,8 +292,7 @@ def _stage_digits(run: Run, job: MatmulJob) -> dict[str, str]:
     for source, partition, paths in (
         (job.w, job.pw, job.w_digits), (job.x, job.px, job.x_digits)
     ):
-        # the digits' dtypes, as the partition makes them
-        dtypes = [d.dtype.str for d in partition.components(np.zeros((1, 1))).digits]
+        dtypes = [d.str for d in partition.digit_dtypes]
         for path, dtype in zip(paths, dtypes, strict=True):
             rel = _rel(run, path)
             staged[rel] = run.stage_array(rel.replace("/", "-")[:-4], source.shape, dtype)
@@ -313,8 +320,10 @@ def _operand_sources(run: Run, spec: MatmulSpec) -> tuple[ArraySource, ArraySour
 def matmul_summary(manifest: Mapping[str, Any], store: Path | str) -> dict[str, Any]:
     """The run summary: ``run_id, status, stopped_reason, store, resolutions``.
 
-    Each resolution lists ``resolution, elapsed_s, bound`` (the largest guaranteed bound)
-    and ``max_abs_error`` (against the truncated one-shot product; None when not measured).
+    Each resolution lists ``resolution, elapsed_s, bound`` (the largest guaranteed bound),
+    ``max_abs_error`` (against the truncated one-shot product) and
+    ``max_abs_error_float64`` (against the float64 one-shot ``W @ X`` of the operands as
+    given); None when not measured.
     """
     return {
         "run_id": manifest["run_id"],

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from layered.data.operands import (
     ArraySource,
     OperandError,
@@ -59,6 +57,11 @@ class MatmulRequest:
     partition : tuple of int
         An explicit partitioning vector for both operands (values must fit it).
     ordering : str
+    scaled : bool
+        One partition per row of W and per column of X (see
+        :meth:`layered.layering.Partition.auto`); None: chosen from the data (operand
+        files holding non-integer values are scaled, with ``settings.float_bits``
+        unless ``bits`` is given).
     """
 
     shape: tuple[int, int, int] | None = None
@@ -68,6 +71,7 @@ class MatmulRequest:
     bits: tuple[int, ...] | None = None
     partition: tuple[int, ...] | None = None
     ordering: str | None = None
+    scaled: bool | None = None
 
     def completed(self, stored: Mapping[str, Any] | None, settings: Settings) -> MatmulRequest:
         """Fill what is missing from ``stored`` run parameters, then from ``settings``."""
@@ -87,6 +91,7 @@ class MatmulRequest:
                 "bits": tuple(stored["bits"]),
                 "partition": tuple(stored["partition"]) if stored["partition"] else None,
                 "ordering": stored["ordering"],
+                "scaled": bool(stored.get("scaled")),  # manifests before it: global
             })
         synthetic = kind != "files"
         return _fill(self, {
@@ -128,6 +133,7 @@ def _check_stored(stored: Mapping[str, Any]) -> None:
         "bits": _is_int_list(stored.get("bits")),
         "partition": stored.get("partition") is None or _is_int_list(stored.get("partition")),
         "ordering": stored.get("ordering") is None or isinstance(stored.get("ordering"), str),
+        "scaled": stored.get("scaled") is None or isinstance(stored.get("scaled"), bool),
     }
     wrong = [f"{key} = {stored.get(key)!r}" for key, ok in valid.items() if not ok]
     if wrong:
@@ -252,6 +258,7 @@ def resolve_matmul(
         shape = check_matmul_shapes(w, x)
         scans = (scan_operand(w, "W", explicit), scan_operand(x, "X", explicit))
         max_abs = (scans[0].max_abs, scans[1].max_abs)
+        integral = scans[0].integral and scans[1].integral
         files: dict[str, Any] | None = {
             name: {"path": src.path, "sha256": scan.sha256, "shape": list(src.shape),
                    "dtype": src.dtype}
@@ -264,9 +271,18 @@ def resolve_matmul(
         w = x = None
         top = float(2 ** (check_value_bits(req.value_bits or 0) - 1))  # largest |value|
         _check_synthetic_range(top, explicit)
-        max_abs, files = (top, top), None
-    pw = explicit or Partition.auto([max_abs[0]], bits=req.bits or ())
-    px = explicit or Partition.auto([max_abs[1]], bits=req.bits or ())
+        max_abs, files, integral = (top, top), None, True
+    scaled = req.operands is not None and (
+        req.scaled if req.scaled is not None else explicit is None and not integral)
+    bits = req.bits or ()
+    if scaled and req.scaled is None and request.bits is None:
+        bits = settings.float_bits  # float operands: enough slices for float64 accuracy
+    if scaled:
+        pw = Partition.auto(scans[0].row_max[:, None], bits=bits, axis=1)
+        px = Partition.auto(scans[1].column_max[None, :], bits=bits, axis=0)
+    else:
+        pw = explicit or Partition.auto([max_abs[0]], bits=bits)
+        px = explicit or Partition.auto([max_abs[1]], bits=bits)
     order = resolve_ordering(req.ordering or "", pw, px)
     parameters = {
         "kind": "files" if files else "synthetic",
@@ -274,11 +290,13 @@ def resolve_matmul(
         "seed": req.seed,
         "value_bits": req.value_bits,
         "operands": files,
-        "bits": list(req.bits or ()),
+        "bits": list(bits),
         "partition": list(req.partition) if req.partition else None,
         "ordering": req.ordering,
         "partition_w": list(pw.points),
         "partition_x": list(px.points),
+        # only when true, so that runs stored before it resume as they were
+        **({"scaled": True} if scaled else {}),
     }
     return MatmulSpec(req, shape, pw, px, order, w, x, max_abs, parameters)
 
@@ -297,8 +315,8 @@ def check_room(spec: MatmulSpec, store: str | os.PathLike[str]) -> int:
         naming the option (``--shape`` or ``--operands``) and both figures.
     """
     m, k, n = spec.shape
-    digits = sum(d.dtype.itemsize for d in spec.pw.components(np.zeros((1, 1))).digits) * m * k
-    digits += sum(d.dtype.itemsize for d in spec.px.components(np.zeros((1, 1))).digits) * k * n
+    digits = sum(d.itemsize for d in spec.pw.digit_dtypes) * m * k
+    digits += sum(d.itemsize for d in spec.px.digit_dtypes) * k * n
     operands = 0
     if spec.w is None:
         itemsize = synthetic_dtype(spec.request.value_bits or 8).itemsize

@@ -65,6 +65,9 @@ class Settings:
     bits : tuple of int
         Magnitude bits of each component (most significant first) for partitions chosen
         from the data.
+    float_bits : tuple of int
+        The same for operand files holding non-integer values, which get one partition
+        per row of W and per column of X: 8 slices of 7 bits reach float64 accuracy.
     ordering : str
         Which component products each resolution adds.
     block_rows : int
@@ -100,6 +103,7 @@ class Settings:
     seed: int = 0
     value_bits: int = 8
     bits: tuple[int, ...] = (4, 4)
+    float_bits: tuple[int, ...] = (7,) * 8
     ordering: str = "anti-diagonal"
     block_rows: int = 256
     error_check_limit: int = 2**33
@@ -153,6 +157,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "seed": int,
     "value_bits": int,
     "bits": _int_tuple,
+    "float_bits": _int_tuple,
     "ordering": str,
     "block_rows": int,
     "error_check_limit": int,

@@ -51,6 +51,7 @@ __all__ = [
     "FLOAT32_EXACT",
     "FLOAT64_EXACT",
     "INT32_EXACT",
+    "Rescale",
 ]
 
 KERNEL_NAMES = ("auto", "numpy", "torch")
@@ -100,6 +101,38 @@ def exact_dtype(max_partial_sum: int) -> np.dtype:
     )
 
 
+@dataclass(frozen=True)
+class Rescale:
+    """Entry ``(a, b)`` of a resolution's term times ``2**(rows[a] + columns[b])``: the
+    per-row and per-column offsets of scaled partitions (see :mod:`.scaling`).
+
+    Attributes
+    ----------
+    rows : ndarray (M, 1) of int, or None
+        Row exponents (None: 0).
+    columns : ndarray (1, N) of int, or None
+        Column exponents (None: 0).
+    exact : bool
+        Whether every ``2**e`` and every scaled value stays a normal float64, so plain
+        products by the powers of two are exact; otherwise the term is scaled by
+        ``ldexp`` (rounding what underflows once, an overflow giving inf).
+    """
+
+    rows: np.ndarray | None
+    columns: np.ndarray | None
+    exact: bool
+
+    def row_scales(self, start: int, stop: int) -> np.ndarray | float:
+        return 1.0 if self.rows is None else np.ldexp(1.0, self.rows[start:stop])
+
+    def column_scales(self) -> np.ndarray | float:
+        return 1.0 if self.columns is None else np.ldexp(1.0, self.columns)
+
+    def exponents(self, start: int, stop: int) -> np.ndarray:
+        rows = 0 if self.rows is None else self.rows[start:stop]
+        return np.add(rows, 0 if self.columns is None else self.columns)
+
+
 class ProductKernel(Protocol):
     """What a product backend provides.
 
@@ -131,8 +164,10 @@ class ProductKernel(Protocol):
         """``[a @ b for b in bs]``, reading ``a`` from memory once where it can."""
         ...
 
-    def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any) -> Any:
-        """``previous + Σ 2**e (Σ sign * product)`` over ``terms = [(e, [(sign, product)])]``.
+    def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any,
+                rescale: Rescale | None = None) -> Any:
+        """``previous + Σ 2**e (Σ sign * product)`` over ``terms = [(e, [(sign, product)])]``,
+        the sum scaled entry by entry by ``rescale`` (if given) before ``previous`` is added.
 
         A new float64 array; ``previous`` (None for zeros) is not modified.
         """
@@ -207,21 +242,32 @@ class NumpyKernel:
         over_row_blocks(m, rows, block)
         return outs
 
-    def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any) -> Any:
+    def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any,
+                rescale: Rescale | None = None) -> Any:
         # Row blocks, on every core: products are converted while they are added and the
         # power-of-two scales are exact, so memory sees each input read once and the
-        # result written once, with no full-size temporaries.
+        # result written once, with no full-size temporaries. Per-row scales join the
+        # scale each product is multiplied by anyway; per-column ones are one product of
+        # the block while it is in cache.
         shape = np.shape(terms[0][1][0][1])
         out = np.empty(shape, dtype=np.float64)
         prev = None if previous is None else np.asarray(previous)
+        fused = rescale is not None and rescale.exact
+        columns = rescale.column_scales() if fused and rescale is not None else 1.0
 
         def block(start: int, stop: int) -> None:
             rows = out[start:stop]
+            by_row = rescale.row_scales(start, stop) if fused and rescale is not None else 1.0
             for k, (exponent, signed) in enumerate(terms):
                 target = rows if k == 0 else np.empty_like(rows)
-                _scaled_sum(signed, math.ldexp(1.0, exponent), start, stop, target)
+                _scaled_sum(signed, by_row * math.ldexp(1.0, exponent), start, stop, target)
                 if k:
                     np.add(rows, target, out=rows)
+            if fused and not isinstance(columns, float):
+                np.multiply(rows, columns, out=rows)
+            elif rescale is not None and not fused:
+                with np.errstate(over="ignore"):  # inf: the caller names the overflow
+                    np.ldexp(rows, rescale.exponents(start, stop), out=rows)
             if prev is not None:
                 np.add(rows, prev[start:stop], out=rows)
 
@@ -247,15 +293,26 @@ class NumpyKernel:
         return np.asarray(array)
 
 
-def _scaled_sum(signed: list[tuple[int, Any]], scale: float, start: int, stop: int,
-                out: np.ndarray) -> None:
-    """``out = scale * Σ sign * product[start:stop]`` in float64 (exact integers)."""
+def _scaled_sum(signed: list[tuple[int, Any]], scale: float | np.ndarray, start: int,
+                stop: int, out: np.ndarray) -> None:
+    """``out = scale * Σ sign * product[start:stop]`` in float64.
+
+    The sum is exact: products of integer dtypes beyond float64's integers (int64) are
+    added in their own dtype and converted once, the others are exact in float64.
+    ``scale`` is a power of two, or a column of them (one per row).
+    """
     (sign, first), rest = signed[0], signed[1:]
+    if rest and np.asarray(first).dtype == np.int64:
+        whole = first[start:stop] * sign
+        for sign, product in rest:
+            (np.add if sign > 0 else np.subtract)(whole, product[start:stop], out=whole)
+        np.multiply(whole, scale, out=out, dtype=np.float64)
+        return
     np.multiply(first[start:stop], sign * (1.0 if rest else scale), out=out, dtype=np.float64)
     for sign, product in rest:
         (np.add if sign > 0 else np.subtract)(out, product[start:stop], out=out,
                                               dtype=np.float64)
-    if rest and scale != 1.0:
+    if rest and not (isinstance(scale, float) and scale == 1.0):
         np.multiply(out, scale, out=out)
 
 
@@ -415,15 +472,24 @@ class TorchKernel(NumpyKernel):
                           ) -> list[Any] | None:
         return super().streamed_products(digits, dtype, bs) if not self.resident else None
 
-    def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any) -> Any:
+    def combine(self, terms: list[tuple[int, list[tuple[int, Any]]]], previous: Any,
+                rescale: Rescale | None = None) -> Any:
         if not self.resident:
-            return super().combine(terms, previous)
+            return super().combine(terms, previous, rescale)
         torch = self.torch
         out = None
         for exponent, signed in terms:
             part = sum(sign * p.to(torch.float64) for sign, p in signed)
             part = part * math.ldexp(1.0, exponent)
             out = part if out is None else out + part
+        assert out is not None  # (at least one term)
+        if rescale is not None and rescale.exact:
+            for scales in (rescale.row_scales(0, out.shape[0]), rescale.column_scales()):
+                if not isinstance(scales, float):
+                    out = out * self._on_device(scales)
+        elif rescale is not None:
+            exponents = self._on_device(rescale.exponents(0, out.shape[0]).astype(np.float64))
+            out = torch.ldexp(out, exponents)
         return out if previous is None else out + self._on_device(previous)
 
     def bound(self, row_sum: np.ndarray, row_max: np.ndarray, col_sum: np.ndarray,

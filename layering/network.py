@@ -808,6 +808,8 @@ def _check_partitions(network: Network, px: Partition, pws: tuple[Partition, ...
     for name, p in named:
         if not isinstance(p, Partition):
             raise TypeError(f"{name} must be a Partition, got {type(p).__name__}")
+        if p.scaled:
+            raise ValueError(f"{name} must be one global partition (axis=None), got {p!r}")
     if len(pws) != network.n_layers:
         raise ValueError(
             f"got {len(pws)} weight partitions for a network of {network.n_layers} layers;"

@@ -8,6 +8,11 @@ every number ``a`` with ``|a| < 2**p_0`` into ``m`` sign-magnitude components. C
 
 and ``sum_i a_i`` is ``a`` truncated toward zero to the grid ``2**p_m``.
 
+A *scaled* partition gives every row (or every column) of a 2-D array its own exponent
+offset ``e``: that row is split under ``P + e``. Scaling by ``2**-e`` is exact, so the
+digits of a scaled row are the digits of the row moved onto one shared grid (the
+per-row and per-column scaling of METHOD §3, as in the Ozaki scheme).
+
 Examples
 --------
 >>> p = Partition((4, 0, -3))
@@ -26,7 +31,14 @@ import numpy.typing as npt
 
 from .kernel import over_row_blocks, scratch
 
-__all__ = ["Partition", "PartitionRangeError", "Components"]
+__all__ = ["Partition", "PartitionRangeError", "Components", "SCALING_AXES"]
+
+# axis=1 reduces over each row (one exponent per row); axis=0 over each column.
+SCALING_AXES = (0, 1)
+
+# Exponent offsets beyond this cannot matter for float64 data (its exponents lie in
+# [-1074, 1024]) and would only risk integer overflow in exponent arithmetic.
+_MAX_OFFSET = 1200
 
 # Magnitudes are handled as int64 multiples of the finest grid, so the whole span of a
 # partition (p_0 - p_m bits) must fit in a signed 64-bit integer.
@@ -60,7 +72,12 @@ class Components:
         digits came from elsewhere, or values were clipped).
     off_grid : bool or None
         Whether a value was not a multiple of the finest grid ``2**p_m``, so truncation
-        dropped something (None when not known).
+        dropped something (None when not known); for a scaled partition, whether a
+        value was off its row's (column's) finest grid.
+    offsets : ndarray or None
+        For a scaled partition, the integer exponent offset of every row (shape ``(M, 1)``)
+        or column (``(1, N)``): component ``i`` of row ``a`` is
+        ``digits[i][a] * 2**(exponents[i] + offsets[a])``. None for one global partition.
     """
 
     digits: list[np.ndarray]
@@ -69,13 +86,16 @@ class Components:
     clipped: int = 0
     abs_max: float | None = None
     off_grid: bool | None = None
+    offsets: np.ndarray | None = None
 
     def value(self, i: int) -> np.ndarray:
-        """Component ``i`` as a float64 array (exact)."""
-        return np.ldexp(self.digits[i].astype(np.float64), self.exponents[i])
+        """Component ``i`` as a float64 array (exact unless it underflows float64)."""
+        if self.offsets is None:
+            return np.ldexp(self.digits[i].astype(np.float64), self.exponents[i])
+        return np.ldexp(self.digits[i].astype(np.float64), self.offsets + self.exponents[i])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Partition:
     """A partitioning vector ``P = (p_0 > p_1 > ... > p_m)`` of integers.
 
@@ -84,22 +104,47 @@ class Partition:
     points : sequence of int
         Strictly decreasing integers; ``p_0`` sets the range ``|a| < 2**p_0`` and ``p_m``
         the finest grid ``2**p_m``. At least two points (one component).
+    offsets : sequence of int, optional
+        Per-row or per-column exponent offsets ``e``: row (or column) ``k`` of a 2-D array
+        is split under ``P + e_k``. Stored normalised so that ``p_0 = 0`` (``points``
+        then gives the shape of every row's partition, ``offsets`` its ``p_0``).
+    axis : {1, 0}, optional
+        With ``offsets``: 1 for one offset per row (the axis reduced to find a row's
+        range), 0 for one per column.
 
     Raises
     ------
     ValueError
         If the points are not integers, fewer than two, not strictly decreasing, or span
-        more than 62 bits.
+        more than 62 bits; if ``offsets`` and ``axis`` do not come together, or the
+        offsets are not integers within +-1200.
+
+    Notes
+    -----
+    For a scaled partition, :attr:`limit`, :attr:`resolution`, :meth:`component_bound`
+    and :meth:`tail_bound` are in units of ``2**e`` of each row (column).
 
     Examples
     --------
     >>> [float(c) for c in Partition((0, -1, -2, -3, -4)).split(0.7)]
     [0.5, 0.0, 0.125, 0.0625]
+    >>> p = Partition((4, 0, -3), offsets=[0, -10], axis=1)
+    >>> p
+    Partition(points=(0, -4, -7), axis=1, offsets=(4, -6))
+    >>> p.split([[-13.625], [-13.625 / 1024]])[1].ravel().tolist()
+    [-0.625, -0.0006103515625]
     """
 
     points: tuple[int, ...]
+    offsets: tuple[int, ...] | None = None
+    axis: int | None = None
 
-    def __init__(self, points: Sequence[int]) -> None:
+    def __init__(
+        self,
+        points: Sequence[int],
+        offsets: npt.ArrayLike | None = None,
+        axis: int | None = None,
+    ) -> None:
         pts = tuple(points)
         if len(pts) < 2:
             raise ValueError(
@@ -120,11 +165,30 @@ class Partition:
                 f"partition {pts!r} spans {pts[0] - pts[-1]} bits; at most {_MAX_SPAN_BITS}"
                 " are supported"
             )
+        if (offsets is None) != (axis is None):
+            raise ValueError(
+                "offsets and axis go together: pass both for a per-row (axis=1) or"
+                f" per-column (axis=0) partition, or neither; got axis={axis!r}"
+            )
+        if offsets is not None:
+            shifts = _as_offsets(offsets, axis)
+            pts, shifts = tuple(p - pts[0] for p in pts), tuple(s + pts[0] for s in shifts)
+            object.__setattr__(self, "offsets", shifts)
+            object.__setattr__(self, "axis", int(axis))  # type: ignore[arg-type]
         object.__setattr__(self, "points", pts)
+
+    def __repr__(self) -> str:
+        if self.offsets is None:
+            return f"Partition(points={self.points!r})"
+        shown = repr(self.offsets) if len(self.offsets) <= 8 else (
+            f"<{len(self.offsets)} offsets in [{min(self.offsets)}, {max(self.offsets)}]>")
+        return f"Partition(points={self.points!r}, axis={self.axis}, offsets={shown})"
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def auto(cls, a: npt.ArrayLike, bits: Sequence[int] = (4, 4)) -> Partition:
+    def auto(
+        cls, a: npt.ArrayLike, bits: Sequence[int] = (4, 4), axis: int | None = None
+    ) -> Partition:
         """Choose a partition from the data.
 
         ``p_0 = floor(log2(max|a|)) + 1`` (the smallest ``p_0`` with ``max|a| < 2**p_0``),
@@ -137,6 +201,17 @@ class Partition:
             The data the partition must cover (finite values).
         bits : sequence of int
             Magnitude bits per component, most significant first (each >= 1).
+        axis : {None, 1, 0}
+            None: one partition for all of ``a``. 1: one per row of the 2-D array ``a``,
+            its ``p_0`` from that row's ``max|a|`` (an all-zero row gets offset 0). 0: one
+            per column.
+
+        Notes
+        -----
+        A value of a row keeps the bits of weight ``2**(p_0 - sum(bits))`` of its row and
+        above: one ``sum(bits)``-bit grid per row. A value far below its row's largest
+        loses its low bits (with ``bits=(7,) * 8``, everything below ``2**-56`` times the
+        row's ``2**p_0``); what is lost is bounded by the truncation bound of a product.
 
         Examples
         --------
@@ -144,6 +219,8 @@ class Partition:
         Partition(points=(8, 4, 0))
         >>> Partition.auto([0.99], bits=(1, 1, 1))
         Partition(points=(0, -1, -2, -3))
+        >>> Partition.auto([[200.0, -3.0], [0.0, 0.0], [1e-300, 0.5]], bits=(4, 4), axis=1)
+        Partition(points=(0, -4, -8), axis=1, offsets=(8, 0, 0))
         """
         widths = tuple(bits)
         if not widths or any(
@@ -151,15 +228,75 @@ class Partition:
         ):
             raise ValueError(f"bits must be a non-empty list of integers >= 1, got {bits!r}")
         arr = _as_finite_array(a, "a")
+        if axis is not None:
+            if axis not in SCALING_AXES or isinstance(axis, bool):
+                raise ValueError(f"axis must be None, 1 (per row) or 0 (per column), got {axis!r}")
+            if arr.ndim != 2 or arr.size == 0:
+                raise ValueError(
+                    f"a per-row or per-column partition needs a non-empty 2-D array, got"
+                    f" shape {arr.shape}"
+                )
+            # frexp: top = mant * 2**exp with 0.5 <= mant < 1, so top < 2**exp exactly;
+            # a zero row gets exp 0.
+            offsets = np.frexp(np.max(np.abs(arr), axis=axis))[1]
+            return cls(_points_from(0, widths), offsets=offsets, axis=axis)
         top = float(np.max(np.abs(arr))) if arr.size else 0.0
         # frexp gives top = mant * 2**exp with 0.5 <= mant < 1, so top < 2**exp exactly.
         p0 = math.frexp(top)[1] if top > 0 else 0
-        pts = [p0]
-        for b in widths:
-            pts.append(pts[-1] - int(b))
-        return cls(pts)
+        return cls(_points_from(p0, widths))
 
     # ------------------------------------------------------------------ properties
+    @property
+    def scaled(self) -> bool:
+        """Whether rows (``axis=1``) or columns (``axis=0``) have their own offsets."""
+        return self.offsets is not None
+
+    def offsets_for(self, shape: tuple[int, ...], name: str = "a") -> np.ndarray | None:
+        """The offsets shaped to broadcast against an array of ``shape``; None if global.
+
+        Raises
+        ------
+        ValueError
+            If ``shape`` is not 2-D with one row (column) per offset.
+        """
+        if self.offsets is None:
+            return None
+        along = 0 if self.axis == 1 else 1  # the axis the offsets index
+        if len(shape) != 2 or shape[along] != len(self.offsets):
+            kind = "row" if self.axis == 1 else "column"
+            raise ValueError(
+                f"{name} has shape {shape}, but its partition has one offset per {kind} for"
+                f" {len(self.offsets)} {kind}s"
+            )
+        offsets = np.asarray(self.offsets, dtype=np.int64)
+        return offsets[:, None] if self.axis == 1 else offsets[None, :]
+
+    def rows(self, start: int, stop: int) -> Partition:
+        """The partition of rows ``start:stop`` of the array this partition is for.
+
+        A per-row partition keeps those rows' offsets; a per-column or global one is the
+        same for every block of rows.
+
+        Examples
+        --------
+        >>> Partition((0, -4), offsets=[3, 5, 7], axis=1).rows(1, 3)
+        Partition(points=(0, -4), axis=1, offsets=(5, 7))
+        """
+        if self.offsets is None or self.axis != 1:
+            return self
+        return Partition(self.points, self.offsets[start:stop], self.axis)
+
+    @property
+    def digit_dtypes(self) -> tuple[np.dtype, ...]:
+        """The dtype of each component's digits (the smallest signed integer that holds it).
+
+        Examples
+        --------
+        >>> [d.name for d in Partition((12, 5, -4)).digit_dtypes]
+        ['int8', 'int16']
+        """
+        return tuple(np.dtype(_digit_dtype(w)) for w in self.widths)
+
     @property
     def m(self) -> int:
         """Number of components."""
@@ -213,16 +350,36 @@ class Partition:
             On a value with ``|a| >= 2**p_0`` (naming the value, its index and ``p_0``).
         """
         arr = _as_finite_array(a, name)
-        over = np.abs(arr) >= self.limit
+        limit = self._limits(arr.shape, name)
+        over = np.abs(arr) >= limit
         if np.any(over):
             idx = _first_index(over)
+            shift = np.broadcast_to(self._shifts(arr.shape, name), arr.shape)[idx]
+            p0 = self.points[0] + int(shift)
             raise PartitionRangeError(
                 f"{name}{_fmt_index(idx)} = {float(arr[idx])!r} is out of range for partition"
-                f" {self.points}: |value| must be < 2^p_0 = 2^{self.points[0]} = {self.limit:g}"
-                f" ({int(over.sum())} value(s) out of range; pass clip=True to clip and count"
-                " them instead)"
+                f" {self.points}{self._scaled_note(idx)}: |value| must be < 2^p_0 = 2^{p0}"
+                f" = {math.ldexp(1.0, p0):g} ({int(over.sum())} value(s) out of range; pass"
+                " clip=True to clip and count them instead)"
             )
         return arr
+
+    def _shifts(self, shape: tuple[int, ...], name: str) -> np.ndarray | int:
+        offsets = self.offsets_for(shape, name)
+        return 0 if offsets is None else offsets
+
+    def _limits(self, shape: tuple[int, ...], name: str) -> np.ndarray | float:
+        """``2**p_0`` of every row (column), broadcastable to ``shape``."""
+        if self.offsets is None:
+            return self.limit
+        with np.errstate(over="ignore"):  # a row whose 2**p_0 exceeds float64: no limit
+            return np.ldexp(1.0, self._shifts(shape, name) + self.points[0])
+
+    def _scaled_note(self, idx: tuple[int, ...]) -> str:
+        if self.offsets is None:
+            return ""
+        kind, k = ("row", idx[0]) if self.axis == 1 else ("column", idx[1])
+        return f" with {kind} {k}'s offset {self.offsets[k]}"
 
     def clip(self, a: npt.ArrayLike, name: str = "a") -> tuple[np.ndarray, int]:
         """Clip values with ``|a| >= 2**p_0`` to the largest representable magnitude.
@@ -236,10 +393,11 @@ class Partition:
         (array([ 15.95 ,  15.875, -15.875]), 2)
         """
         arr = _as_finite_array(a, name)
-        over = np.abs(arr) >= self.limit
+        limit = self._limits(arr.shape, name)
+        over = np.abs(arr) >= limit
         n = int(over.sum())
         if n:
-            top = self.limit - self.resolution
+            top = limit - np.ldexp(1.0, self._shifts(arr.shape, name) + self.points[-1])
             arr = np.where(over, np.copysign(top, arr), arr)
         return arr, n
 
@@ -264,22 +422,28 @@ class Partition:
         ``T_{i+1} - 2**(p_i - p_{i+1}) * T_i`` in integer arithmetic, and ``T_0 = 0`` for
         in-range values. The work is done in cache-sized blocks on every core, reading
         ``a`` once: the range and NaN check, ``max |a|`` and whether ``a`` was on the
-        finest grid come from the same pass.
+        finest grid come from the same pass. A scaled partition multiplies row (column)
+        ``k`` by ``2**-e_k`` in the same pass, block by block: exact, except that values
+        below ``2**-1022`` times the row's scale may round, and those lie far below the
+        row's finest grid (the span is at most 62 bits), so their digits are the same.
         """
         arr = np.asarray(a)
         n_clipped = 0
         if clip:
             arr, n_clipped = self.clip(arr, name)
+        offsets = self.offsets_for(np.shape(arr), name)
         flat = _as_numeric(arr, name).reshape(-1)
+        shifts = None if offsets is None else _Shifts(-offsets.ravel(), self.axis, np.shape(arr))
         digits = [np.empty(flat.shape, dtype=_digit_dtype(w)) for w in self.widths]
         starts = range(0, flat.size, _BLOCK)
         scans: list[tuple[float, bool] | None] = [None] * len(starts)
         seen_off_grid: list[bool] = []  # once a block is off the grid, no more checks
 
         def split(first: int, stop: int) -> None:
-            scratch = self._scratch(flat)
+            scratch = self._scratch(flat, shifts)
             for b in range(first, stop):
-                scans[b] = self._split_block(flat, digits, starts[b], scratch, seen_off_grid)
+                scans[b] = self._split_block(flat, digits, starts[b], scratch, seen_off_grid,
+                                             shifts)
 
         over_row_blocks(len(starts), 1, split)
         if any(s is None for s in scans):
@@ -290,34 +454,47 @@ class Partition:
             [d.reshape(shape) for d in digits], self.exponents, self.widths, n_clipped,
             abs_max=None if clip else max((s[0] for s in found), default=0.0),
             off_grid=None if clip else any(s[1] for s in found),
+            offsets=offsets,
         )
 
-    def _scratch(self, flat: np.ndarray) -> list[np.ndarray]:
-        """Block-sized buffers for :meth:`_split_block`: two for ``T_k``, three floats.
+    def _scratch(self, flat: np.ndarray, shifts: _Shifts | None = None) -> list[np.ndarray]:
+        """Block-sized buffers for :meth:`_split_block`: two for ``T_k``, three floats, and
+        for a scaled partition the shifted block's scales and their indices.
 
         Kept per thread and reused: fresh pages would cost more than the work.
         """
         # |T_k| < 2**(p_0 - p_k): int32 holds it for spans up to 30 bits
         ints = np.dtype(np.int32 if self.points[0] - self.points[-1] <= 30 else np.int64)
-        floats = flat.dtype if flat.dtype.kind == "f" else np.dtype(np.float64)
-        return [scratch(f"split-{k}", _BLOCK, ints) for k in range(2)] + [
+        # shifted values are float64 (a float32 row may need a scale beyond float32)
+        floats = (flat.dtype if flat.dtype.kind == "f" and shifts is None
+                  else np.dtype(np.float64))
+        buffers = [scratch(f"split-{k}", _BLOCK, ints) for k in range(2)] + [
             scratch(f"split-{k}", _BLOCK, floats) for k in range(2, 5)]
+        if shifts is not None:
+            buffers += [scratch("split-scales", _BLOCK, np.float64),
+                        scratch("split-index", _BLOCK, np.intp)]
+        return buffers
 
     def _split_block(
         self, flat: np.ndarray, digits: list[np.ndarray], start: int,
-        scratch: list[np.ndarray], seen_off_grid: list[bool],
+        scratch: list[np.ndarray], seen_off_grid: list[bool], shifts: _Shifts | None = None,
     ) -> tuple[float, bool] | None:
         """Write the digits of ``flat[start:start + _BLOCK]``.
 
-        Returns ``(max |a|, off the finest grid)`` of the block, or None if a value is out
-        of range (or NaN).
+        Returns ``(max |a|, off the finest grid)`` of the block (``max |a|`` before any
+        shift), or None if a value is out of range (or NaN).
         """
         block = flat[start : start + _BLOCK]
-        previous, t, scaled, whole, converted = (s[: block.size] for s in scratch)
+        previous, t, scaled, whole, converted = (s[: block.size] for s in scratch[:5])
         if block.dtype.kind not in "f":
             converted[...] = block  # integers and booleans: exact below 2**53
             block = converted
         hi, lo = float(block.max()), float(block.min())
+        if shifts is not None:
+            top = max(hi, -lo)  # (NaN fails the range check below)
+            scales, index = (s[: block.size] for s in scratch[5:])
+            block = shifts.apply(block, start, scales, index, out=converted)
+            hi, lo = float(block.max()), float(block.min())
         if not (hi < self.limit and -lo < self.limit):  # also catches NaN
             return None
         off_grid = False
@@ -338,7 +515,7 @@ class Partition:
                 if not seen_off_grid and not np.array_equal(values, np.trunc(values, out=whole)):
                     off_grid = True
                     seen_off_grid.append(True)
-        return max(hi, -lo), off_grid
+        return (max(hi, -lo) if shifts is None else top), off_grid
 
     def split(self, a: npt.ArrayLike, *, clip: bool = False) -> list[np.ndarray]:
         """Split ``a`` into ``m`` float64 component arrays whose sum is ``truncate(a)``.
@@ -367,7 +544,7 @@ class Partition:
         if not 0 <= r <= self.m:
             raise ValueError(f"r must be in [0, {self.m}], got {r}")
         arr = self.clip(a)[0] if clip else self.check(a)
-        step = self.points[r]
+        step = self._shifts(arr.shape, "a") + self.points[r]
         if r == 0:
             return np.zeros_like(arr)
         # Truncation to the grid 2**p_r, toward zero; exact in float64.
@@ -381,6 +558,53 @@ class Partition:
         for part in parts:
             total = total + np.asarray(part, dtype=np.float64)
         return total
+
+
+def _points_from(p0: int, widths: Sequence[int]) -> list[int]:
+    pts = [p0]
+    for b in widths:
+        pts.append(pts[-1] - int(b))
+    return pts
+
+
+def _as_offsets(offsets: npt.ArrayLike, axis: object) -> tuple[int, ...]:
+    if isinstance(axis, bool) or axis not in SCALING_AXES:
+        raise ValueError(f"axis must be 1 (per row) or 0 (per column), got {axis!r}")
+    arr = np.asarray(offsets)
+    if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(
+            f"offsets must be a non-empty 1-D sequence of integers, got dtype {arr.dtype}"
+            f" and shape {arr.shape}"
+        )
+    if np.any(np.abs(arr) > _MAX_OFFSET):
+        raise ValueError(f"offsets must lie within +-{_MAX_OFFSET}, got {int(np.max(np.abs(arr)))}")
+    return tuple(int(v) for v in arr)
+
+
+class _Shifts:
+    """Per-row (``axis=1``) or per-column (``axis=0``) power-of-two shifts of a 2-D array,
+    applied to blocks of its flattened (C-order) values."""
+
+    def __init__(self, exponents: np.ndarray, axis: int | None, shape: tuple[int, ...]) -> None:
+        self.exponents = exponents.astype(np.int64)
+        self.axis, self.columns = axis, int(shape[1])
+        # plain products by the scales are exact where every 2**e is a normal number
+        self.scales = (np.ldexp(1.0, self.exponents)
+                       if bool(np.all(np.abs(self.exponents) <= 1022)) else None)
+
+    def apply(self, block: np.ndarray, start: int, scales: np.ndarray, index: np.ndarray,
+              out: np.ndarray) -> np.ndarray:
+        """``block * 2**e`` of each value's row (column), ``block`` starting at ``start``."""
+        index[...] = np.arange(start, start + block.size)
+        if self.axis == 1:
+            np.floor_divide(index, self.columns, out=index)
+        else:
+            np.remainder(index, self.columns, out=index)
+        with np.errstate(over="ignore"):  # an overflow becomes inf: out of range, reported
+            if self.scales is not None:
+                np.take(self.scales, index, out=scales)
+                return np.multiply(block, scales, out=out)
+            return np.ldexp(block, np.take(self.exponents, index), out=out)
 
 
 def _digit_dtype(width: int) -> type[np.signedinteger]:

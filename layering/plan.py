@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .kernel import ProductKernel
+from .kernel import ProductKernel, Rescale
 from .ordering import Ordering
 
 __all__ = ["ProductPlan", "REUSE_STRATEGIES", "choose_reuse"]
@@ -166,9 +166,13 @@ class ProductPlan:
         return [(step.a, step.b)]
 
     # ------------------------------------------------------------------ execution
-    def resolution(self, r: int, previous: Any = None) -> tuple[Any, int, tuple[str, ...]]:
+    def resolution(self, r: int, previous: Any = None, rescale: Rescale | None = None
+                   ) -> tuple[Any, int, tuple[str, ...]]:
         """``previous`` plus the scaled sum resolution ``r`` (0-based) adds, as a new float64
-        array (``previous`` None for zeros), the flops executed and the dtypes used."""
+        array (``previous`` None for zeros), the flops executed and the dtypes used.
+
+        ``rescale``: per-row and per-column powers of two applied to the sum, entry by
+        entry, while it is written (scaled partitions)."""
         m, n = self.w.shape[0], self.x.shape[1]
         flops = 0
         dtypes: list[str] = []
@@ -205,7 +209,7 @@ class ProductPlan:
                 flops += flops_
                 dtypes.extend(d)
             terms.append((ew[a] + ex[b], signed))
-        return self.kernel.combine(terms, previous), flops, tuple(dtypes)
+        return self.kernel.combine(terms, previous, rescale), flops, tuple(dtypes)
 
     def _product(self, pair: tuple[int, int], r: int) -> tuple[Any, int, list[str]]:
         """Digit-unit product of ``pair``, computing it (and kept ones) if needed."""

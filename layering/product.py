@@ -28,10 +28,21 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .kernel import ProductKernel, over_row_blocks, resolve_kernel
+from .kernel import ProductKernel, Rescale, over_row_blocks, resolve_kernel
 from .ordering import Ordering, resolve_ordering
 from .partition import Components, Partition
 from .plan import ProductPlan, choose_reuse
+from .scaling import (
+    check_range,
+    check_scaling,
+    largest_entry,
+    ldexp_bound,
+    rescale_is_exact,
+    rescaling,
+    scaled_bound,
+    scaled_truncation_bound,
+    sum_slack,
+)
 
 __all__ = [
     "SplitOperand",
@@ -44,10 +55,6 @@ __all__ = [
 ]
 
 BOUND_KINDS = ("data", "static")
-
-# Relative slack added to data-dependent bounds so that float64 rounding in the (tiny)
-# bound arithmetic can never make a bound smaller than the true worst case.
-_BOUND_SLACK = 1.0 + 8 * np.finfo(np.float64).eps
 
 
 class SplitOperand:
@@ -100,10 +107,13 @@ class SplitOperand:
         shapes = {np.shape(d) for d in components.digits}
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
             raise ValueError(f"{name}: component digits must be 2-D of one shape, got {shapes}")
-        if (components.exponents, components.widths) != (partition.exponents, partition.widths):
+        offsets = partition.offsets_for(next(iter(shapes)), name)
+        if (components.exponents, components.widths) != (
+            partition.exponents, partition.widths
+        ) or not _same_offsets(components.offsets, offsets):
             raise ValueError(
                 f"{name}: components have exponents {components.exponents} and widths"
-                f" {components.widths}, which do not match partition {partition.points}"
+                f" {components.widths}, which do not match partition {partition!r}"
             )
         if 0 in next(iter(shapes)):
             raise ValueError(f"{name} is empty (shape {next(iter(shapes))})")
@@ -208,10 +218,12 @@ class LayeredResult:
         Guaranteed elementwise bound on ``|W_t @ X_t - Ω_r|`` (W_t, X_t the truncated
         operands); broadcastable to ``estimate`` (a 0-d array for the static bound).
     static_bound : float
-        The static bound of the method, ``K * Σ_{pairs not added} c^W_i c^X_j``.
-    truncation_bound : float
+        The static bound of the method, ``K * Σ_{pairs not added} c^W_i c^X_j`` (with
+        per-row or per-column partitions, its largest entry).
+    truncation_bound : float or ndarray
         Bound on ``|W @ X - W_t @ X_t|`` from what the partitions dropped (0 for operands
-        already on their grids).
+        already on their grids); elementwise (broadcastable to ``estimate``) with per-row
+        or per-column partitions.
     pairs : tuple of (i, j)
         Component pairs this resolution added.
     bit_ops : int
@@ -231,7 +243,7 @@ class LayeredResult:
     estimate: np.ndarray
     bound: np.ndarray
     static_bound: float
-    truncation_bound: float
+    truncation_bound: float | np.ndarray
     pairs: tuple[tuple[int, int], ...]
     bit_ops: int
     flops: int
@@ -300,7 +312,8 @@ def layered_matmul(
     W : array_like (M, K) or SplitOperand
     X : array_like (K, N) or (K,), or SplitOperand
     pw, px : Partition
-        Partitions of W and X.
+        Partitions of W and X: global, or per row of W (``axis=1``) and per column of X
+        (``axis=0``), whose offsets are applied entry by entry (see :mod:`.scaling`).
     ordering : {"anti-diagonal", "one-per-resolution", "shells"}, Ordering, or groups
         Which component products each resolution adds. Explicit groups are lists of
         0-based ``(i, j)`` pairs, validated disjoint and complete.
@@ -347,20 +360,28 @@ def layered_matmul(
         raise ValueError(f"unknown bound kind {bound!r}; use one of {BOUND_KINDS}")
     w_shape, x_shape = _shape_of(W), _shape_of(X)
     _check_shapes(w_shape, x_shape)
+    check_scaling(pw, px)
     order = resolve_ordering(ordering, pw, px)
     engine = resolve_kernel("auto" if kernel is None else kernel, device)
     w = _as_split(W, pw, clip, "W")
     x = _as_split(X, px, clip, "X")
     k, n = w.shape[1], x.shape[1]
-    w_drop, w_abs = _truncation_drop(W, w)
-    x_drop, x_abs = _truncation_drop(X, x)
-    trunc = truncation_bound(k, w_drop, x_drop, w_abs, x_abs)
+    trunc: float | np.ndarray
+    if pw.scaled or px.scaled:
+        trunc = scaled_truncation_bound(w, x, isinstance(W, SplitOperand),
+                                        isinstance(X, SplitOperand))
+    else:
+        w_drop, w_abs = _truncation_drop(W, w)
+        x_drop, x_abs = _truncation_drop(X, x)
+        trunc = truncation_bound(k, w_drop, x_drop, w_abs, x_abs)
     plan = ProductPlan(w, x, order, engine, choose_reuse(reuse, n, px.m))
+    scales = rescaling(w, x)
     omega = None
     for r in range(1, order.resolutions + 1):
         # a new array each resolution: the one yielded before stays the caller's
-        omega, flops, dtypes = plan.resolution(r - 1, omega)
-        yield _result(w, x, order, r, omega, flops, dtypes, bound, trunc, engine, to_host)
+        omega, flops, dtypes = plan.resolution(r - 1, omega, scales)
+        yield _result(w, x, order, r, omega, flops, dtypes, bound, trunc, engine, to_host,
+                      scales)
 
 
 def resolution_block(
@@ -372,7 +393,7 @@ def resolution_block(
     *,
     bound: str = "data",
     kernel: str | ProductKernel | None = "auto",
-    truncation: float = 0.0,
+    truncation: float | np.ndarray = 0.0,
     kept: dict[tuple[int, int], Any] | None = None,
     reuse: str = "none",
     device: str | None = None,
@@ -401,8 +422,9 @@ def resolution_block(
     bound : {"data", "static"}
     kernel : {"auto", "numpy", "torch"} or ProductKernel
         As for :func:`layered_matmul`.
-    truncation : float
-        The product's truncation bound, reported as is (it needs the whole operands).
+    truncation : float or ndarray
+        The product's truncation bound, reported as is (it needs the whole operands); for
+        per-row partitions, these rows' entries.
     kept : dict, optional
         Products the previous resolution of these rows kept for later ones (the second
         value this function returned then); None or a partial dict is always correct,
@@ -436,6 +458,7 @@ def resolution_block(
     if not 1 <= resolution <= order.resolutions:
         raise ValueError(f"resolution must be in [1, {order.resolutions}], got {resolution}")
     _check_shapes(w.shape, x.shape)
+    check_scaling(w.partition, x.partition)
     rows, n = w.shape[0], x.shape[1]
     if previous is not None:
         if tuple(np.shape(previous)) != (rows, n):
@@ -451,9 +474,10 @@ def resolution_block(
         strategy = "none"
     engine = resolve_kernel("auto" if kernel is None else kernel, device)
     plan = ProductPlan(w, x, order, engine, strategy, kept=kept)
-    omega, flops, dtypes = plan.resolution(resolution - 1, previous)
+    scales = rescaling(w, x)
+    omega, flops, dtypes = plan.resolution(resolution - 1, previous, scales)
     result = _result(w, x, order, resolution, omega, flops, dtypes, bound, truncation,
-                     engine, to_host)
+                     engine, to_host, scales)
     return result, plan.kept
 
 
@@ -466,30 +490,48 @@ def _result(
     flops: int,
     dtypes: tuple[str, ...],
     bound: str,
-    truncation: float,
+    truncation: float | np.ndarray,
     kernel: ProductKernel,
     to_host: bool,
+    scales: Rescale | None = None,
 ) -> LayeredResult:
     """The :class:`LayeredResult` of resolution ``r`` with estimate ``estimate``."""
-    bounds = _bound(w, x, order.remaining(r), bound, kernel)
-    if to_host:
-        estimate, bounds = kernel.to_host(estimate), kernel.to_host(bounds)
     (m, k), n = w.shape, x.shape[1]
     pw, px = w.partition, x.partition
     group, remaining = order.groups[r - 1], order.remaining(r)
+    exact = _accumulation_is_exact(pw, px, k) and rescale_is_exact(w, x)
+    if scales is not None and not scales.exact:
+        check_range(kernel.to_host(estimate), w, x)
+    if scales is None and exact:  # one global partition, exact sums: the lean path
+        bounds = _bound(w, x, remaining, bound, kernel)
+    elif scales is None or scales.exact:  # rescale and rounding folded into the factors
+        static = static_bound(pw, px, k, remaining) if bound == "static" else None
+        bounds = scaled_bound(w, x, remaining, static, kernel, len(order.remaining(0)),
+                              order.resolutions, exact)
+    else:  # offsets beyond float64's normal range: ldexp entry by entry
+        bounds = ldexp_bound(kernel.to_host(_bound(w, x, remaining, bound, kernel)), w, x,
+                             len(order.remaining(0)), order.resolutions, exact)
+    if to_host:
+        estimate, bounds = kernel.to_host(estimate), kernel.to_host(bounds)
     return LayeredResult(
         resolution=r,
         resolutions=order.resolutions,
         estimate=estimate,
         bound=bounds,
-        static_bound=static_bound(pw, px, k, remaining),
+        static_bound=largest_entry(static_bound(pw, px, k, remaining), w, x),
         truncation_bound=truncation,
         pairs=group,
         bit_ops=m * k * n * sum(pw.widths[i] * px.widths[j] for i, j in group),
         flops=flops,
-        exact=_accumulation_is_exact(pw, px, k),
+        exact=exact,
         dtypes=dtypes,
     )
+
+
+def _same_offsets(given: np.ndarray | None, expected: np.ndarray | None) -> bool:
+    if given is None or expected is None:
+        return given is None and expected is None
+    return bool(np.array_equal(given, expected))
 
 
 def _shape_of(a: npt.ArrayLike | SplitOperand) -> tuple[int, ...]:
@@ -541,4 +583,4 @@ def _bound(
     row_max = np.stack([w.abs_stats(i, axis=1)[1] for i, _ in remaining], axis=1)
     col_sum = np.stack([x.abs_stats(j, axis=0)[0] for _, j in remaining], axis=0)
     col_max = np.stack([x.abs_stats(j, axis=0)[1] for _, j in remaining], axis=0)
-    return kernel.bound(row_sum, row_max, col_sum, col_max, _BOUND_SLACK)
+    return kernel.bound(row_sum, row_max, col_sum, col_max, sum_slack(len(remaining)))

@@ -116,11 +116,14 @@ def layer_resolution(
 
 # ------------------------------------------------------------------------- measuring
 @task(task_run_name="max-abs-error", cache_policy=NO_CACHE)
-def measure_errors(job: MatmulJob, estimates: Sequence[str]) -> list[float]:
-    """``max |W_t @ X_t - Ω_r|`` of each estimate file, by row blocks on the cluster.
+def measure_errors(job: MatmulJob, estimates: Sequence[str]
+                   ) -> tuple[list[float], list[float]]:
+    """``max |W_t @ X_t - Ω_r|`` and ``max |W @ X - Ω_r|`` of each estimate file, by row
+    blocks on the cluster.
 
-    The float64 one-shot product of the truncated operands is computed block by block and
-    never stored; the flow runs this after the layering, off its path.
+    The float64 one-shot products of the truncated operands and of the operands as given
+    are computed block by block and never stored; the flow runs this after the layering,
+    off its path.
     """
     blocks = fan_out(
         [Call(f"max-abs-error-rows-{a}-{b}", error_block, (job, tuple(estimates), (a, b)))
@@ -128,7 +131,9 @@ def measure_errors(job: MatmulJob, estimates: Sequence[str]) -> list[float]:
         None,
     )
     assert blocks is not None  # (no deadline)
-    return [max(errors) for errors in zip(*blocks, strict=True)]
+    per_estimate = [(max(e[0] for e in errors), max(e[1] for e in errors))
+                    for errors in zip(*blocks, strict=True)]
+    return [e[0] for e in per_estimate], [e[1] for e in per_estimate]
 
 
 # --------------------------------------------------------------------------- decision

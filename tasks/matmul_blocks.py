@@ -104,7 +104,7 @@ class ResolutionOutcome:
     static_bound : float
         The method's static bound for this resolution.
     max_abs_error : float or None
-        ``max |W_t @ X_t - Ω_r|``, measured after the layering (:func:`measure_errors`);
+        ``max |W_t @ X_t - Ω_r|``, measured after the layering (:func:`error_block`);
         None until then.
     bit_ops, flops : int
         Cost of the resolution (all blocks).
@@ -112,6 +112,9 @@ class ResolutionOutcome:
         Whether every block was exact arithmetic.
     task_s : float
         Wall time of the fan-out inside the task (0 for one block).
+    max_abs_error_float64 : float or None
+        ``max |W @ X - Ω_r|`` against the float64 one-shot product of the operands as
+        given, measured with ``max_abs_error``; None until then.
     """
 
     resolution: int
@@ -122,11 +125,14 @@ class ResolutionOutcome:
     flops: int
     exact: bool
     task_s: float = 0.0
+    max_abs_error_float64: float | None = None
 
     @classmethod
     def combine(cls, blocks: Sequence[ResolutionOutcome], task_s: float) -> ResolutionOutcome:
         """The outcome of a whole resolution from those of its row blocks."""
         errors = [b.max_abs_error for b in blocks if b.max_abs_error is not None]
+        float64 = [b.max_abs_error_float64 for b in blocks
+                   if b.max_abs_error_float64 is not None]
         return cls(
             resolution=blocks[0].resolution,
             bound=max(b.bound for b in blocks),
@@ -136,6 +142,7 @@ class ResolutionOutcome:
             flops=sum(b.flops for b in blocks),
             exact=all(b.exact for b in blocks),
             task_s=task_s,
+            max_abs_error_float64=max(float64) if float64 else None,
         )
 
 
@@ -144,8 +151,9 @@ def split_block(
     source: ArraySource, partition: Partition, name: str, paths: tuple[str, ...],
     rows: tuple[int, int],
 ) -> bool:
-    """Split rows of an operand into digit files; True if any value was off the grid."""
-    components = partition.components(source.rows(*rows), name=name)
+    """Split rows of an operand into digit files; True if any value was off the grid
+    (off its row's grid, for a per-row partition)."""
+    components = partition.rows(*rows).components(source.rows(*rows), name=name)
     save_digits(components, paths, rows)
     return bool(components.off_grid)  # found by the split itself
 
@@ -156,15 +164,27 @@ def _truncated(source: ArraySource, partition: Partition, stamp: tuple[int, int]
     return partition.truncate(source.read())
 
 
+@functools.lru_cache(maxsize=1)
+def _as_given(source: ArraySource, stamp: tuple[int, int]) -> np.ndarray:
+    # Cached per worker process, as _truncated: every block needs all of X.
+    return source.read().astype(np.float64)
+
+
 def error_block(job: MatmulJob, estimates: tuple[str, ...], rows: tuple[int, int]
-                 ) -> list[float]:
-    """``max |W_t @ X_t - Ω_r|`` over rows of each estimate, against the float64 one-shot
-    product of the truncated operands (computed here, for these rows)."""
-    w_t = job.pw.truncate(job.w.rows(*rows))
-    x_t = _truncated(job.x, job.px, file_stamp(job.x.path))
-    exact = w_t @ x_t
-    return [float(np.max(np.abs(exact - np.load(path, mmap_mode="r")[rows[0] : rows[1]])))
-            for path in estimates]
+                 ) -> list[tuple[float, float]]:
+    """``(max |W_t @ X_t - Ω_r|, max |W @ X - Ω_r|)`` over rows of each estimate: against
+    the float64 one-shot products of the truncated operands and of the operands as given
+    (computed here, for these rows)."""
+    w = job.w.rows(*rows)
+    stamp = file_stamp(job.x.path)
+    references = (job.pw.rows(*rows).truncate(w) @ _truncated(job.x, job.px, stamp),
+                  w.astype(np.float64) @ _as_given(job.x, stamp))
+    errors: list[tuple[float, float]] = []
+    for path in estimates:
+        estimate = np.load(path, mmap_mode="r")[rows[0] : rows[1]]
+        truncated, given = (float(np.max(np.abs(ref - estimate))) for ref in references)
+        errors.append((truncated, given))
+    return errors
 
 
 @functools.lru_cache(maxsize=2)

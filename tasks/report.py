@@ -50,7 +50,8 @@ __all__ = [
     "publish_training",
 ]
 
-ROW_FIELDS = ("resolution", "elapsed_s", "bound", "max_abs_error", "bit_ops", "flops")
+ROW_FIELDS = ("resolution", "elapsed_s", "bound", "max_abs_error", "max_abs_error_float64",
+              "bit_ops", "flops")
 MNIST_ROW_FIELDS = ("resolution", "elapsed_s", "active_fraction", "accuracy", "bit_ops")
 #: What a progress line shows after the bar: (label, entry field, format), per pipeline.
 MATMUL_MEASURES = (("bound", "bound", ".2g"), ("error", "max_abs_error", ".2g"))
@@ -243,7 +244,7 @@ def plot_mnist(entries: Sequence[Mapping[str, Any]], directory: Path) -> list[Pa
 
 def publish_summary(
     key: str, summary: Mapping[str, Any], plots: Sequence[Path],
-    fields: Sequence[str] = ROW_FIELDS[:4],
+    fields: Sequence[str] = ROW_FIELDS[:5],
 ) -> None:
     """A markdown artifact: outcome, the resolution table (``fields``), the summary's
     ``final`` figures if it has them, and links to the plots."""

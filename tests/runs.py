@@ -39,12 +39,33 @@ def persisted_resolutions(store: Path, run_id: str) -> int:
         return 0
 
 
+def run_partitions(params: dict, W, X) -> tuple[Partition, Partition]:
+    """The partitions a matmul run used, from its manifest's parameters and its operands."""
+    if params.get("scaled"):
+        bits = tuple(params["bits"])
+        return Partition.auto(W, bits, axis=1), Partition.auto(X, bits, axis=0)
+    return Partition(params["partition_w"]), Partition(params["partition_x"])
+
+
+def truncated_product(W, X, pw: Partition, px: Partition) -> np.ndarray:
+    """``W_t @ X_t`` exactly: integers on each row's (column's) finest grid, sums below 2**53.
+
+    Truncation toward zero is numpy's ``trunc`` here, not the library's splitting.
+    """
+    X = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+    gw = pw.points[-1] + (0 if pw.offsets is None else np.array(pw.offsets)[:, None])
+    gx = px.points[-1] + (0 if px.offsets is None else np.array(px.offsets)[None, :])
+    wq = np.trunc(np.ldexp(np.asarray(W, dtype=np.float64), -gw))
+    xq = np.trunc(np.ldexp(X, -gx))
+    assert np.abs(wq).max() * np.abs(xq).max() * W.shape[1] < 2**53
+    return np.ldexp(wq @ xq, gw + gx)
+
+
 def assert_matches_layered_matmul(store: Path, run_id: str, W, X) -> dict:
     """Every persisted estimate equals layered_matmul's, bit for bit. Returns the manifest."""
     manifest = read_manifest(store, run_id)
     params = manifest["parameters"]
-    direct = layered_matmul(W, X, Partition(params["partition_w"]),
-                            Partition(params["partition_x"]), ordering=params["ordering"])
+    direct = layered_matmul(W, X, *run_partitions(params, W, X), ordering=params["ordering"])
     assert manifest["resolutions"], "no resolution persisted"
     for entry, res in zip(manifest["resolutions"], direct, strict=False):
         estimate = np.load(Path(store) / run_id / entry["files"]["estimate"])

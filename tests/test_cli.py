@@ -193,7 +193,7 @@ def test_embedded_default_runs_on_a_fresh_home_with_no_prefect_api(tmp_path):
     assert summary["run_id"] == "cli" and summary["status"] == "Completed"
     assert summary["stopped_reason"] == "completed"
     assert [set(r) for r in summary["resolutions"]] == [
-        {"resolution", "elapsed_s", "bound", "max_abs_error"}] * 3
+        {"resolution", "elapsed_s", "bound", "max_abs_error", "max_abs_error_float64"}] * 3
     assert "started for this run" in done.stderr
     url = re.search(r"Prefect API: (\S+)", done.stderr).group(1)
     from layered.server import healthy

@@ -228,3 +228,20 @@ def test_auto_does_not_import_torch_into_a_process_with_little_memory(monkeypatc
     monkeypatch.delitem(sys.modules, "torch")  # as if not imported yet (restored after)
     assert resolve_kernel("auto", memory_limit=small).name == "numpy"
     assert "torch" not in sys.modules
+
+
+@pytest.mark.parametrize("scale", [1e6, 1e-300])  # offsets in range, and beyond it
+def test_device_resident_path_rescales_per_row_and_per_column_partitions(scale):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    W = rng.normal(size=(12, 40)) * np.logspace(-6, 6, 12)[:, None]
+    X = rng.normal(size=(40, 5)) * np.array([[scale, 1.0, 1e-3, 1e3, 0.0]])
+    pw, px = Partition.auto(W, (7,) * 4, axis=1), Partition.auto(X, (7,) * 4, axis=0)
+    ref = list(layered_matmul(W, X, pw, px, kernel="numpy"))
+    kept = list(layered_matmul(W, X, pw, px, kernel=device_resident_kernel(), to_host=False))
+    for a, b in zip(ref, kept, strict=True):
+        assert isinstance(b.estimate, torch.Tensor)
+        np.testing.assert_array_equal(b.estimate.numpy(), a.estimate)
+        bound = b.bound.numpy() if isinstance(b.bound, torch.Tensor) else b.bound
+        np.testing.assert_allclose(np.broadcast_to(bound, a.estimate.shape),
+                                   np.broadcast_to(a.bound, a.estimate.shape), rtol=1e-14)

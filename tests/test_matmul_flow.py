@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from runs import run_partitions, truncated_product
 
 from layered.data.operands import synthetic_operands
 from layered.layering import (
@@ -28,14 +29,7 @@ from layered.tasks.fanout import Call, fan_out
 from layered.tasks.matmul import decide
 
 SUMMARY_KEYS = {"run_id", "status", "stopped_reason", "store", "resolutions"}
-RESOLUTION_KEYS = {"resolution", "elapsed_s", "bound", "max_abs_error"}
-
-
-def exact_product(W, X, pw, px):
-    """W_t @ X_t in exact integer arithmetic on the partitions' finest grids."""
-    wq = np.trunc(np.asarray(W, dtype=np.float64) / 2.0 ** pw.points[-1]).astype(np.int64)
-    xq = np.trunc(np.asarray(X, dtype=np.float64) / 2.0 ** px.points[-1]).astype(np.int64)
-    return (wq @ xq).astype(np.float64) * 2.0 ** (pw.points[-1] + px.points[-1])
+RESOLUTION_KEYS = {"resolution", "elapsed_s", "bound", "max_abs_error", "max_abs_error_float64"}
 
 
 def read_manifest(store, run_id):
@@ -46,9 +40,9 @@ def assert_run_matches_layered_matmul(store, run_id, W, X):
     """Each persisted resolution equals layered_matmul's; its bound holds. Returns the manifest."""
     manifest = read_manifest(store, run_id)
     params = manifest["parameters"]
-    pw, px = Partition(params["partition_w"]), Partition(params["partition_x"])
+    pw, px = run_partitions(params, W, X)
     direct = list(layered_matmul(W, X, pw, px, ordering=params["ordering"]))
-    exact = exact_product(W, X, pw, px)
+    exact = truncated_product(W, X, pw, px)
     assert manifest["resolutions"], "no resolution persisted"
     for entry, res in zip(manifest["resolutions"], direct, strict=False):
         run_dir = Path(store) / run_id
@@ -99,6 +93,39 @@ def test_decide_stops_at_the_last_resolution_the_tolerance_or_the_deadline():
     assert decide.fn(1, 3, bound=5.0, tolerance=4.9, deadline=None) is None
     assert decide.fn(2, 3, bound=5.0, tolerance=None, deadline=10.0, now=10.0) == "deadline"
     assert decide.fn(2, 3, bound=5.0, tolerance=None, deadline=10.0, now=9.9) is None
+
+
+@pytest.mark.parametrize(("values", "request_", "scaled", "bits"), [
+    ("floats", {}, True, [7] * 8),            # float64-level accuracy by default
+    ("floats", {"bits": (3, 3)}, True, [3, 3]),
+    ("integers", {}, False, [4, 4]),          # integer-valued files: as before
+    ("floats", {"partition": (30, 0, -30)}, False, [4, 4]),  # explicit: one partition
+])
+def test_float_operand_files_get_per_row_and_per_column_partitions(
+    tmp_path, values, request_, scaled, bits
+):
+    from layered.request import MatmulRequest, resolve_matmul
+    from layered.settings import Settings
+
+    rng = np.random.default_rng(5)
+    W = rng.normal(size=(6, 5)) * np.logspace(-6, 6, 6)[:, None]
+    X = rng.normal(size=(5, 3))
+    if values == "integers":
+        W, X = np.round(W * 1e-5), np.round(X * 100)
+    np.save(tmp_path / "W.npy", W)
+    np.save(tmp_path / "X.npy", X)
+    request = MatmulRequest(operands=(str(tmp_path / "W.npy"), str(tmp_path / "X.npy")),
+                            **request_)
+    spec = resolve_matmul(request, Settings())
+    assert spec.pw.scaled == spec.px.scaled == spec.parameters.get("scaled", False) == scaled
+    assert spec.parameters["bits"] == bits
+    if scaled:
+        assert (spec.pw.axis, spec.px.axis) == (1, 0)
+        assert spec.pw == Partition.auto(W, tuple(bits), axis=1)
+        assert spec.px == Partition.auto(X, tuple(bits), axis=0)
+        # resuming from the manifest's parameters chooses the same partitions
+        again = resolve_matmul(MatmulRequest(), Settings(), stored=spec.parameters)
+        assert (again.pw, again.px) == (spec.pw, spec.px)
 
 
 def _sleep_block(seconds, marker_dir, i):
@@ -157,8 +184,8 @@ def test_flow_on_a_local_cluster_equals_layered_matmul(local_cluster_address, ru
                                                    "matmul-local-summary"])
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [row["resolution"] for row in rows] == [1, 2, 3]
-    assert set(rows[0]) == {"resolution", "elapsed_s", "bound", "max_abs_error", "bit_ops",
-                            "flops"}
+    assert set(rows[0]) == {"resolution", "elapsed_s", "bound", "max_abs_error",
+                            "max_abs_error_float64", "bit_ops", "flops"}
     assert progress.data == 100.0
     assert plot.resolve().as_uri() in markdown.data
 
@@ -199,6 +226,37 @@ def test_flow_on_a_loopback_cluster_with_npy_and_zarr_operands_equals_layered_ma
     manifest = assert_run_matches_layered_matmul(store, "loop", W, X)
     assert len(manifest["resolutions"]) == 4
     assert manifest["parameters"]["operands"]["X"]["path"].endswith("X.zarr")
+
+
+def test_flow_on_float_operand_files_reports_the_error_against_float64(
+    local_cluster_address, run_matmul, tmp_path
+):
+    rng = np.random.default_rng(21)
+    W = rng.normal(size=(90, 40)) * np.logspace(-6, 6, 90)[:, None]  # rows 1e-6 .. 1e6
+    X = rng.normal(size=(40, 6))
+    np.save(tmp_path / "W.npy", W)
+    np.save(tmp_path / "X.npy", X)
+    store = tmp_path / "runs"
+    state = run_matmul(local_cluster_address, operands=[str(tmp_path / "W.npy"),
+                       str(tmp_path / "X.npy")], run_id="float", block_rows=32, store=store)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert [set(r) for r in summary["resolutions"]] == [RESOLUTION_KEYS] * 15
+    manifest = read_manifest(store, "float")
+    assert manifest["parameters"]["scaled"] and manifest["parameters"]["bits"] == [7] * 8
+    pw, px = run_partitions(manifest["parameters"], W, X)
+    direct = list(layered_matmul(W, X, pw, px))
+    for entry, res in zip(manifest["resolutions"], direct, strict=True):
+        estimate = np.load(store / "float" / entry["files"]["estimate"])
+        bound = np.load(store / "float" / entry["files"]["bound"])
+        assert np.array_equal(estimate, res.estimate), f"resolution {res.resolution}"
+        np.testing.assert_allclose(bound, np.broadcast_to(res.bound, bound.shape), rtol=1e-12)
+        assert entry["max_abs_error_float64"] == pytest.approx(
+            float(np.max(np.abs(W @ X - estimate))), rel=1e-6, abs=1e-9)
+    scale = np.abs(W) @ np.abs(X)
+    final = np.load(store / "float" / manifest["resolutions"][-1]["files"]["estimate"])
+    assert np.all(np.abs(final - W @ X) <= 4 * np.finfo(float).eps * scale)
+    assert summary["resolutions"][-1]["max_abs_error_float64"] <= 1e-15 * scale.max()
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,11 @@ just before the run), and the final estimate is checked against an exact product
 
 import numpy as np
 import pytest
-from runs import read_manifest
+from runs import read_manifest, run_partitions, truncated_product
 from worker_hooks import peak_memory, reset_peak_memory
 
 N = 6480  # W: N x N float64 = 320 MiB
 COLUMNS = 16
-
-
-def truncated_product(W, X, pw, px):
-    """``W_t @ X_t`` exactly: integers on the finest grids, products and sums below 2**53."""
-    wq = np.trunc(W * 2.0 ** -pw[-1])
-    xq = np.trunc(X * 2.0 ** -px[-1])
-    assert np.abs(wq).max() * np.abs(xq).max() * W.shape[1] < 2**53
-    return (wq @ xq) * 2.0 ** (pw[-1] + px[-1])
 
 
 @pytest.mark.slow
@@ -55,5 +47,6 @@ def test_operands_larger_than_a_workers_memory_run_block_by_block(
     manifest = read_manifest(tmp_path / "runs", "big")
     params = manifest["parameters"]
     final = np.load(tmp_path / "runs" / "big" / manifest["resolutions"][-1]["files"]["estimate"])
-    expected = truncated_product(np.asarray(W), X, params["partition_w"], params["partition_x"])
+    W = np.asarray(W)
+    expected = truncated_product(W, X, *run_partitions(params, W, X))
     assert np.array_equal(final, expected)
