@@ -11,6 +11,7 @@ The arithmetic is :func:`layered.layering.resolution_block`; nothing here comput
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ import numpy as np
 from distributed import get_worker
 
 from layered.data.operands import ArraySource, file_stamp, load_split, save_digits
+from layered.data.store import write_rows
 from layered.layering import (
     Ordering,
     Partition,
@@ -36,6 +38,7 @@ __all__ = [
     "split_block",
     "layer_block",
     "error_block",
+    "warm_kernel",
 ]
 
 
@@ -183,7 +186,6 @@ _KEPT: OrderedDict[tuple[object, ...], tuple[int, dict]] = OrderedDict()
 _KEPT_ENTRIES = 1024
 
 
-@functools.lru_cache(maxsize=4)
 def _worker_kernel(kernel: str, device: str | None) -> ProductKernel:
     # Resolved once per worker process, within its memory limit: "auto" does not import
     # torch (about 200 MiB) into a worker that has little memory.
@@ -191,7 +193,20 @@ def _worker_kernel(kernel: str, device: str | None) -> ProductKernel:
         memory_limit = get_worker().memory_manager.memory_limit or None
     except ValueError:  # not in a worker (blocks run in the flow's process)
         memory_limit = None
+    return _kernel(kernel, device, memory_limit)
+
+
+@functools.lru_cache(maxsize=4)
+def _kernel(kernel: str, device: str | None, memory_limit: int | None) -> ProductKernel:
     return resolve_kernel(kernel, device, memory_limit=memory_limit)
+
+
+def warm_kernel(memory_limit: int | None) -> None:
+    """Resolve the default kernel (``"auto"``) of a process with ``memory_limit`` bytes now,
+    ahead of its first block: where that is torch, importing and probing it takes about
+    1.5 s (see :mod:`layered.tasks.matmul_warm_up`)."""
+    with contextlib.suppress(Exception):  # the first block resolving it reports the error
+        _kernel("auto", None, memory_limit)
 
 
 def layer_block(
@@ -213,10 +228,8 @@ def layer_block(
         _KEPT[key] = (resolution + 1, kept)
         while len(_KEPT) > _KEPT_ENTRIES:
             _KEPT.popitem(last=False)
-    for path, values in ((out.estimate, res.estimate), (out.bound, res.bound)):
-        target = np.load(path, mmap_mode="r+")
-        target[start:stop] = values
-        target.flush()
+    write_rows(out.estimate, rows, res.estimate)
+    write_rows(out.bound, rows, res.bound)
     return ResolutionOutcome(
         resolution, res.max_bound, res.static_bound, None, res.bit_ops, res.flops, res.exact
     )
