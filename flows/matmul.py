@@ -84,7 +84,7 @@ def _flow_run_name() -> str:
 @flow(
     name="layered-matmul",
     flow_run_name=_flow_run_name,
-    task_runner=dask_task_runner(Settings.from_env()),
+    task_runner=dask_task_runner(Settings.from_env(), pipeline="matmul"),
     validate_parameters=True,
 )
 def matmul_flow(
