@@ -191,7 +191,12 @@ def _layer_resolutions(
             now = time.time()
             entries.append(_persist(run, outcome, staged, clock.elapsed()))
             ui.submit(_show, key, list(entries), total, progress)
-            stopped = decide(resolution, total, outcome.bound, tolerance, deadline_at, now)
+            # The decision is a pure function of these values: the flow takes it at once,
+            # and its Prefect task run (the same call, same values) is recorded off the
+            # layering's path, before its line.
+            decision = (resolution, total, outcome.bound, tolerance, deadline_at, now)
+            stopped = decide.fn(*decision)
+            ui.submit(decide, *decision)
             ui.submit(report.announce, report.decision_line(resolution, total, stopped))
             if stopped is not None:
                 return Stop(stopped, now)
