@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from layered.data.store import npy_header
+from layered.data.store import npy_header, write_rows
 from layered.layering import Components, Partition, PartitionRangeError, SplitOperand
 
 __all__ = [
@@ -347,13 +347,7 @@ def save_digits(
     safe.
     """
     for digits, path in zip(components.digits, paths, strict=True):
-        target = np.load(path, mmap_mode="r+")
-        if rows is None:
-            target[...] = digits
-        else:
-            target[rows[0] : rows[1]] = digits
-        target.flush()
-        del target
+        write_rows(path, (0, len(digits)) if rows is None else rows, digits)
 
 
 def load_split(

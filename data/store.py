@@ -58,6 +58,7 @@ __all__ = [
     "atomic_save_npy",
     "new_run_id",
     "npy_header",
+    "write_rows",
 ]
 
 MANIFEST = "manifest.json"
@@ -124,6 +125,49 @@ def npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype]
             f" bytes in all, but the file has {size}"
         )
     return tuple(int(d) for d in shape), dtype
+
+
+def write_rows(
+    path: str | os.PathLike[str], rows: tuple[int, int], values: np.ndarray
+) -> None:
+    """Write ``values`` (broadcast to the rows) into rows ``start:stop`` of the ``.npy`` file.
+
+    For staged arrays (:meth:`Run.stage_array`) that workers fill by rows, concurrently
+    for disjoint rows. Plain positioned writes, closed before returning: no memory map
+    and no ``msync`` per block. Closing the file is what makes the rows visible to another
+    machine on a network file system (close-to-open consistency); durability is the
+    commit's, which flushes each whole file to disk once (``fsync``) before its rename
+    (:meth:`Run.commit_arrays`), so a killed writer still leaves only whole listed files.
+
+    Raises
+    ------
+    ValueError
+        If the rows are not rows of the file, or the values do not broadcast to them.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "a.npy"
+    >>> np.save(path, np.zeros((4, 2)))
+    >>> write_rows(path, (1, 3), np.ones((2, 2)))
+    >>> np.load(path)[:, 0].tolist()
+    [0.0, 1.0, 1.0, 0.0]
+    """
+    fmt = np.lib.format
+    start, stop = rows
+    with open(path, "r+b") as fh:
+        version = fmt.read_magic(fh)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran_order, dtype = read(fh)
+        if fortran_order or not shape or not 0 <= start <= stop <= shape[0]:
+            raise ValueError(f"rows {start}:{stop} are not rows of {path} (shape"
+                             f" {tuple(shape)}{', Fortran order' if fortran_order else ''})")
+        block = np.broadcast_to(np.asarray(values), (stop - start, *shape[1:]))
+        data = memoryview(np.ascontiguousarray(block, dtype=dtype)).cast("B")
+        offset = fh.tell() + start * (data.nbytes // max(stop - start, 1))
+        while data:
+            written = os.pwrite(fh.fileno(), data, offset)
+            data, offset = data[written:], offset + written
 
 
 def _fsync_dir(path: Path) -> None:

@@ -85,7 +85,7 @@ def _flow_run_name() -> str:
 @flow(
     name="layered-matmul",
     flow_run_name=_flow_run_name,
-    task_runner=dask_task_runner(Settings.from_env()),
+    task_runner=dask_task_runner(Settings.from_env(), pipeline="matmul"),
     validate_parameters=True,
 )
 def matmul_flow(
@@ -192,7 +192,12 @@ def _layer_resolutions(
             now = time.time()
             entries.append(_persist(run, outcome, staged, clock.elapsed()))
             ui.submit(_show, key, list(entries), total, progress)
-            stopped = decide(resolution, total, outcome.bound, tolerance, deadline_at, now)
+            # The decision is a pure function of these values: the flow takes it at once,
+            # and its Prefect task run (the same call, same values) is recorded off the
+            # layering's path, before its line.
+            decision = (resolution, total, outcome.bound, tolerance, deadline_at, now)
+            stopped = decide.fn(*decision)
+            ui.submit(decide, *decision)
             ui.submit(report.announce, report.decision_line(resolution, total, stopped))
             if stopped is not None:
                 return Stop(stopped, now)

@@ -418,7 +418,7 @@ def _run_flow(
         flow_module = _Background().start(importlib.import_module, module)
         address = settings.dask_address
         if address is None:
-            cluster = local_cluster(settings)
+            cluster = local_cluster(settings, pipeline=module.rsplit(".", 1)[-1])
             address = cluster.scheduler_address
             stack.callback(closing.start, _close_cluster, cluster, close_client)
             cluster_client(address, settings.scheduler_timeout_s)

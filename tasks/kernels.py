@@ -8,16 +8,16 @@ No Prefect here: workers import this without it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from distributed import get_worker
 
 from layered.layering import ProductKernel, resolve_kernel
 
-__all__ = ["worker_kernel"]
+__all__ = ["worker_kernel", "warm_kernel"]
 
 
-@functools.lru_cache(maxsize=4)
 def worker_kernel(kernel: str, device: str | None) -> ProductKernel:
     """The kernel named ``kernel`` on ``device``, within this worker's memory limit.
 
@@ -29,4 +29,17 @@ def worker_kernel(kernel: str, device: str | None) -> ProductKernel:
         memory_limit = get_worker().memory_manager.memory_limit or None
     except ValueError:  # not in a worker
         memory_limit = None
+    return _kernel(kernel, device, memory_limit)
+
+
+@functools.lru_cache(maxsize=4)
+def _kernel(kernel: str, device: str | None, memory_limit: int | None) -> ProductKernel:
     return resolve_kernel(kernel, device, memory_limit=memory_limit)
+
+
+def warm_kernel(memory_limit: int | None) -> None:
+    """Resolve the default kernel (``"auto"``) of a process with ``memory_limit`` bytes now,
+    ahead of its first block: where that is torch, importing and probing it takes about
+    1.5 s (see :mod:`layered.tasks.matmul_warm_up`)."""
+    with contextlib.suppress(Exception):  # the first block resolving it reports the error
+        _kernel("auto", None, memory_limit)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from layered.data.operands import ArraySource, file_stamp, load_split, save_digits
+from layered.data.store import write_rows
 from layered.layering import (
     Ordering,
     Partition,
@@ -220,10 +221,8 @@ def layer_block(
         _KEPT[key] = (resolution + 1, kept)
         while len(_KEPT) > _KEPT_ENTRIES:
             _KEPT.popitem(last=False)
-    for path, values in ((out.estimate, res.estimate), (out.bound, res.bound)):
-        target = np.load(path, mmap_mode="r+")
-        target[start:stop] = values
-        target.flush()
+    write_rows(out.estimate, rows, res.estimate)
+    write_rows(out.bound, rows, res.bound)
     return ResolutionOutcome(
         resolution, res.max_bound, res.static_bound, None, res.bit_ops, res.flops, res.exact
     )

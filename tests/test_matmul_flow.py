@@ -368,3 +368,28 @@ def test_the_prefect_api_shows_a_log_line_and_task_runs_per_resolution_under_one
     assert all(names[n] == "Completed" for n in names), names
     keys = {a.key for a in artifacts if a.key}
     assert keys == {run_id, f"{run_id}-progress", f"{run_id}-summary"}, keys
+
+
+def _kernel_state() -> tuple[bool, int]:
+    import sys
+
+    from layered.tasks import matmul_blocks
+
+    warm_up = "layered.tasks.matmul_warm_up" in sys.modules
+    return warm_up, matmul_blocks._kernel.cache_info().currsize
+
+
+def test_workers_of_a_matmul_cluster_resolve_the_kernel_as_they_start_and_others_do_not():
+    from distributed import Client
+
+    from layered.cluster import local_cluster
+    from layered.settings import Settings
+
+    settings = Settings.from_env().replace(n_workers=1)
+    with local_cluster(settings, pipeline="matmul") as cluster, Client(cluster) as client:
+        deadline = time.time() + 120
+        while not all(state == (True, 1) for state in client.run(_kernel_state).values()):
+            assert time.time() < deadline, client.run(_kernel_state)
+            time.sleep(0.2)
+    with local_cluster(settings, pipeline="mnist") as cluster, Client(cluster) as client:
+        assert list(client.run(_kernel_state).values()) == [(False, 0)]

@@ -17,6 +17,7 @@ from layered.data.store import (
     RunStoreError,
     atomic_save_npy,
     atomic_write_bytes,
+    write_rows,
 )
 
 PARAMS = {"shape": [4, 3, 2], "seed": 1}
@@ -64,6 +65,34 @@ def test_committed_resolutions_are_listed_after_their_arrays_and_survive_reopeni
     committed = np.load(tmp_path / "r1" / entry["files"]["estimate"])
     assert np.array_equal(committed, np.full((4, 2), 7.0))
     assert not any((tmp_path / "r1" / ".staging").iterdir())
+
+
+def test_rows_written_by_concurrent_processes_are_whole_in_the_committed_file(tmp_path):
+    store = RunStore(tmp_path)
+    with store.open("r1", kind="matmul", parameters=PARAMS) as run:
+        staged = run.stage_array("estimate-1", (6, 3), "<f8")
+        code = textwrap.dedent(f"""
+            import sys, numpy as np
+            from layered.data.store import write_rows
+            a = int(sys.argv[1])
+            write_rows({staged!r}, (a, a + 2), np.full((2, 3), a + 0.5))
+        """)
+        writers = [subprocess.Popen([sys.executable, "-c", code, str(a)]) for a in (0, 2, 4)]
+        assert [w.wait() for w in writers] == [0, 0, 0]
+        write_rows(staged, (5, 6), np.zeros((1, 1)))  # broadcast, as an exact bound is
+        files = run.commit_arrays({"resolution-1/estimate.npy": staged})
+    committed = np.load(tmp_path / "r1" / files["estimate"])
+    assert committed.tolist() == [[0.5] * 3] * 2 + [[2.5] * 3] * 2 + [[4.5] * 3, [0.0] * 3]
+
+
+def test_rows_outside_a_staged_array_are_refused_naming_the_file(tmp_path):
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros((4, 2)))
+    with pytest.raises(ValueError, match=r"rows 3:5 are not rows of .*a\.npy \(shape \(4, 2\)"):
+        write_rows(path, (3, 5), np.ones((2, 2)))
+    with pytest.raises(ValueError):  # values that do not broadcast to the rows
+        write_rows(path, (0, 2), np.ones((2, 3)))
+    assert np.load(path).tolist() == [[0.0, 0.0]] * 4
 
 
 def test_staged_arrays_of_a_crashed_run_are_discarded_on_reopening(tmp_path):
