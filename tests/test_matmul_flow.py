@@ -373,10 +373,10 @@ def test_the_prefect_api_shows_a_log_line_and_task_runs_per_resolution_under_one
 def _kernel_state() -> tuple[bool, int]:
     import sys
 
-    from layered.tasks import matmul_blocks
+    from layered.tasks import kernels
 
     warm_up = "layered.tasks.matmul_warm_up" in sys.modules
-    return warm_up, matmul_blocks._kernel.cache_info().currsize
+    return warm_up, kernels._kernel.cache_info().currsize
 
 
 def test_workers_of_a_matmul_cluster_resolve_the_kernel_as_they_start_and_others_do_not():
