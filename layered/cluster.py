@@ -128,8 +128,8 @@ def close_client(address: str) -> None:
 
 def _local_cluster_kwargs(settings: Settings, pipeline: str | None = None) -> dict[str, Any]:
     preload = ["layered.tasks.matmul_blocks", "layered.tasks.mnist_chunks"]
-    if pipeline == "matmul":  # its kernel resolved as the workers start (torch: 1.5 s)
-        preload.append("layered.tasks.matmul_warm_up")
+    if pipeline in ("matmul", "mnist"):  # their kernel resolved as workers start (torch: 1.5 s)
+        preload.append("layered.tasks.kernel_warm_up")
     return {
         "n_workers": settings.n_workers,
         "threads_per_worker": settings.threads_per_worker,
@@ -148,9 +148,9 @@ def _local_cluster_kwargs(settings: Settings, pipeline: str | None = None) -> di
 def local_cluster(settings: Settings, pipeline: str | None = None, **options: Any) -> Any:
     """A LocalCluster of ``settings.n_workers`` process workers (a context manager).
 
-    For ``pipeline="matmul"`` the workers resolve the product kernel as they start
-    (:mod:`layered.tasks.matmul_warm_up`). ``options`` are further LocalCluster arguments
-    (``memory_limit="512MiB"``, say).
+    For ``pipeline="matmul"`` or ``"mnist"`` the workers resolve the product kernel as they
+    start (:mod:`layered.tasks.kernel_warm_up`). ``options`` are further LocalCluster
+    arguments (``memory_limit="512MiB"``, say).
     """
     from distributed import LocalCluster
 

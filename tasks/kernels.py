@@ -40,6 +40,6 @@ def _kernel(kernel: str, device: str | None, memory_limit: int | None) -> Produc
 def warm_kernel(memory_limit: int | None) -> None:
     """Resolve the default kernel (``"auto"``) of a process with ``memory_limit`` bytes now,
     ahead of its first block: where that is torch, importing and probing it takes about
-    1.5 s (see :mod:`layered.tasks.matmul_warm_up`)."""
+    1.5 s (see :mod:`layered.tasks.kernel_warm_up`)."""
     with contextlib.suppress(Exception):  # the first block resolving it reports the error
         _kernel("auto", None, memory_limit)
