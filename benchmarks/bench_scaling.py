@@ -147,6 +147,9 @@ def accuracy(n: int, seed: int) -> dict:
 # ---------------------------------------------------------------- (b) cost
 def run(W, X, pw, px, kernel) -> tuple[float, float]:
     """Wall and CPU seconds (all threads) of a whole layered product."""
+    # BLAS and torch threads keep spinning for a while after a call: a run started at once
+    # would share the cores with them (bench_matmul pauses alike).
+    time.sleep(0.3)
     start, cpu = time.perf_counter(), time.process_time()
     for _ in layered_matmul(W, X, pw, px, kernel=kernel):
         pass
