@@ -26,6 +26,7 @@ All strategies give bit-identical estimates: every product is exact.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,11 +152,16 @@ class ProductPlan:
                 steps.extend(_Step(i, j) for i, j in same)
         return steps
 
-    def _joined_ok(self, pairs: list[tuple[int, int]]) -> bool:
+    def _joined_dtype(self, pairs: Sequence[tuple[int, int]]) -> np.dtype:
+        """The dtype of one GEMM of ``pairs`` side by side (their partial sums add up)."""
         maxima = [(self.w.max_digit(i), self.x.max_digit(j)) for i, j in pairs]
-        joined = self.kernel.dtype_for(self.inner * sum(a * b for a, b in maxima),
-                                       max(max(a, b) for a, b in maxima))
-        return all(self._dtype(a, b) == joined for a, b in maxima)
+        return self.kernel.dtype_for(self.inner * sum(a * b for a, b in maxima),
+                                     max(max(a, b) for a, b in maxima))
+
+    def _joined_ok(self, pairs: list[tuple[int, int]]) -> bool:
+        joined = self._joined_dtype(pairs)
+        return all(self._dtype(self.w.max_digit(i), self.x.max_digit(j)) == joined
+                   for i, j in pairs)
 
     @staticmethod
     def _uses(step: _Step) -> list[tuple[int, int]]:
@@ -195,9 +201,7 @@ class ProductPlan:
                     dtypes.extend(d)
             elif step.joined:
                 rows, columns = tuple(i for i, _ in step.pairs), tuple(j for _, j in step.pairs)
-                maxima = [(self.w.max_digit(i), self.x.max_digit(j)) for i, j in step.pairs]
-                dtype = self.kernel.dtype_for(self.inner * sum(p * q for p, q in maxima),
-                                              max(max(p, q) for p, q in maxima))
+                dtype = self._joined_dtype(step.pairs)
                 signed = [(1, self.kernel.product(
                     self.w.prepared_joined(rows, 1, dtype, self.kernel),
                     self.x.prepared_joined(columns, 0, dtype, self.kernel)))]

@@ -499,26 +499,29 @@ def _result(
     (m, k), n = w.shape, x.shape[1]
     pw, px = w.partition, x.partition
     group, remaining = order.groups[r - 1], order.remaining(r)
-    exact = _accumulation_is_exact(pw, px, k) and rescale_is_exact(w, x)
+    exact = _accumulation_is_exact(pw, px, k) and (
+        scales.exact if scales is not None else rescale_is_exact(w, x))
+    if to_host:
+        estimate = kernel.to_host(estimate)
     if scales is not None and not scales.exact:
         check_range(kernel.to_host(estimate), w, x)
+    static = static_bound(pw, px, k, remaining)
     if scales is None and exact:  # one global partition, exact sums: the lean path
         bounds = _bound(w, x, remaining, bound, kernel)
     elif scales is None or scales.exact:  # rescale and rounding folded into the factors
-        static = static_bound(pw, px, k, remaining) if bound == "static" else None
-        bounds = scaled_bound(w, x, remaining, static, kernel, len(order.remaining(0)),
-                              order.resolutions, exact)
+        bounds = scaled_bound(w, x, remaining, static if bound == "static" else None, kernel,
+                              len(order.remaining(0)), order.resolutions, exact)
     else:  # offsets beyond float64's normal range: ldexp entry by entry
         bounds = ldexp_bound(kernel.to_host(_bound(w, x, remaining, bound, kernel)), w, x,
                              len(order.remaining(0)), order.resolutions, exact)
     if to_host:
-        estimate, bounds = kernel.to_host(estimate), kernel.to_host(bounds)
+        bounds = kernel.to_host(bounds)
     return LayeredResult(
         resolution=r,
         resolutions=order.resolutions,
         estimate=estimate,
         bound=bounds,
-        static_bound=largest_entry(static_bound(pw, px, k, remaining), w, x),
+        static_bound=largest_entry(static, w, x),
         truncation_bound=truncation,
         pairs=group,
         bit_ops=m * k * n * sum(pw.widths[i] * px.widths[j] for i, j in group),
