@@ -55,7 +55,7 @@ from .activations import (
 )
 from .decision import DecisionContext, LogitBounds, Rule, freeze_mask, resolve_rule
 from .kernel import ProductKernel, resolve_kernel
-from .partition import Partition
+from .partition import Partition, _digit_dtype
 
 __all__ = [
     "InferencePlan",
@@ -681,7 +681,7 @@ def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, i
     clipped = 0
     if clip:
         x, clipped = p.clip(x, "input X")
-    units = np.empty(x.shape, dtype=_units_dtype(p.points[0] - p.points[-1]))
+    units = np.empty(x.shape, dtype=_digit_dtype(p.points[0] - p.points[-1]))
     flat, out = x.reshape(-1), units.reshape(-1)
     scale, limit = math.ldexp(1.0, -p.points[-1]), p.limit
 
@@ -713,12 +713,6 @@ def _available_cores() -> int:
     """CPU cores this process may run on."""
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity else (os.cpu_count() or 1)
-
-
-def _units_dtype(span: int) -> np.dtype:
-    """The narrowest signed integer type holding magnitudes below ``2**span``."""
-    bits = next(b for b in (8, 16, 32, 64) if span < b)
-    return np.dtype(f"int{bits}")
 
 
 def _cut(units: np.ndarray, shift: int, signed: bool) -> np.ndarray:
@@ -1031,7 +1025,7 @@ class _FirstLayerBound:
         against = plan.kernel.prepare(np.hstack([signs.T, np.ones((inp, 1))]), dtype)
         center = t * A.sum(axis=1) + (t * t_w) * signs.sum(axis=1) + c_b
         radius = t * w_mag.sum(axis=1) + t_w * inp * t + rad_b
-        scale = 4 * (plan.resolutions + 2) * (inp + 3) * _EPS
+        scale = _margin_scale(plan, inp + 1)
         margin = (scale * float(w_mag.max()), scale * (2 * inp * t * float(w_mag.max())
                                                        + float(b_mag.max())))
         return cls(r, t, t_w, signs, against, dtype, A, center, radius, margin)
@@ -1072,6 +1066,12 @@ def _remainder(negative: np.ndarray, tail: float) -> tuple[np.ndarray, np.ndarra
     return np.where(negative, -0.5 * tail, 0.5 * tail), np.full(negative.shape, 0.5 * tail)
 
 
+def _margin_scale(plan: InferencePlan, inner: int) -> float:
+    """``4 (R + 2) (inner + 2) ε``: the rounding allowance per unit of ``Σ|h||w|`` of one
+    layer's products over ``inner`` terms (see :func:`_rounding_margin`)."""
+    return 4 * (plan.resolutions + 2) * (inner + 2) * _EPS
+
+
 def _rounding_margin(
     plan: InferencePlan, h_mag: np.ndarray, w_mag: np.ndarray, b_mag: np.ndarray
 ) -> np.ndarray:
@@ -1081,8 +1081,7 @@ def _rounding_margin(
     of a float64 reference pass: each is at most ``(inner + 2) ε Σ|h||w|`` per product,
     and ``Σ_j |h_j||w_j| <= Σ_j |h_j| max|w|``.
     """
-    inner = h_mag.shape[1] + 1
-    scale = 4 * (plan.resolutions + 2) * (inner + 2) * _EPS
+    scale = _margin_scale(plan, h_mag.shape[1] + 1)
     mag = h_mag.sum(axis=1) * float(w_mag.max()) + float(b_mag.max())
     return (scale * mag)[:, None]
 
