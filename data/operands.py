@@ -283,11 +283,8 @@ def write_synthetic_operands(
     m, k, n = check_shape(shape)
     check_seed(seed)
     for path, dims, which in ((w_path, (m, k), 0), (x_path, (k, n), 1)):
-        target = np.load(path, mmap_mode="r+")
         for start, block in _synthetic_blocks(dims, seed, which, value_bits):
-            target[start : start + len(block)] = block
-        target.flush()
-        del target
+            write_rows(path, (start, start + len(block)), block)
 
 
 def synthetic_dtype(value_bits: int) -> np.dtype:

@@ -194,7 +194,7 @@ def _close_dead_invocation(run: Run) -> None:
 
 
 def run_task(
-    task: Task[..., Any], *args: Any, what: str, run: Run, deadline_at: float | None
+    task: Task[..., Any], *args: Any, what: str, run: Run
 ) -> Any:
     """Call ``task(*args)`` in the flow's process: its result, or a deadline :class:`Stop`.
 

@@ -184,7 +184,7 @@ def _layer_resolutions(
             previous = run.array_path(entries[-1]["files"]["estimate"]) if entries else None
             outcome = lifecycle.run_task(
                 layer_resolution, job, resolution, previous, staged, deadline_at,
-                what=f"resolution {resolution}", run=run, deadline_at=deadline_at,
+                what=f"resolution {resolution}", run=run,
             )
             if isinstance(outcome, Stop):
                 return outcome
@@ -262,7 +262,7 @@ def _prepare(
         )
         outcome = lifecycle.run_task(
             prepare_operands, staged_job, deadline_at,
-            what="the operand preparation", run=run, deadline_at=deadline_at,
+            what="the operand preparation", run=run,
         )
         if isinstance(outcome, Stop):
             return outcome

@@ -167,7 +167,7 @@ def _layer_resolutions(run: Run, job: MnistJob, deadline_at: float | None) -> St
                 layer_resolution, job, resolution, chunks,
                 run.array_path(f"resolution-{resolution - 1}") if previous else None,
                 staged, deadline_at,
-                what=f"resolution {resolution}", run=run, deadline_at=deadline_at,
+                what=f"resolution {resolution}", run=run,
             )
             if isinstance(outcome, Stop):
                 return outcome

@@ -130,20 +130,17 @@ class ResolutionOutcome:
 
     @classmethod
     def combine(cls, blocks: Sequence[ResolutionOutcome], task_s: float) -> ResolutionOutcome:
-        """The outcome of a whole resolution from those of its row blocks."""
-        errors = [b.max_abs_error for b in blocks if b.max_abs_error is not None]
-        float64 = [b.max_abs_error_float64 for b in blocks
-                   if b.max_abs_error_float64 is not None]
+        """The outcome of a whole resolution from those of its row blocks (errors are
+        measured after the layering, so none is known yet)."""
         return cls(
             resolution=blocks[0].resolution,
             bound=max(b.bound for b in blocks),
             static_bound=blocks[0].static_bound,
-            max_abs_error=max(errors) if errors else None,
+            max_abs_error=None,
             bit_ops=sum(b.bit_ops for b in blocks),
             flops=sum(b.flops for b in blocks),
             exact=all(b.exact for b in blocks),
             task_s=task_s,
-            max_abs_error_float64=max(float64) if float64 else None,
         )
 
 
@@ -159,16 +156,16 @@ def split_block(
     return bool(components.off_grid)  # found by the split itself
 
 
-@functools.lru_cache(maxsize=2)
-def _truncated(source: ArraySource, partition: Partition, stamp: tuple[int, int]) -> np.ndarray:
-    # Cached per worker process: every block of the reference product needs all of X.
-    return partition.truncate(source.read())
-
-
 @functools.lru_cache(maxsize=1)
 def _as_given(source: ArraySource, stamp: tuple[int, int]) -> np.ndarray:
-    # Cached per worker process, as _truncated: every block needs all of X.
+    # Cached per worker process: every block of the reference products needs all of X.
     return source.read().astype(np.float64)
+
+
+@functools.lru_cache(maxsize=2)
+def _truncated(source: ArraySource, partition: Partition, stamp: tuple[int, int]) -> np.ndarray:
+    # From the cached X as given: X is read from disk once per worker.
+    return partition.truncate(_as_given(source, stamp))
 
 
 def error_block(job: MatmulJob, estimates: tuple[str, ...], rows: tuple[int, int]

@@ -22,6 +22,7 @@ import numpy as np
 from layered.data.mnist import load_mnist, pixels_to_unit
 from layered.data.models import TrainedModel, TrainingRecipe, load_model, train_model
 from layered.data.operands import file_stamp
+from layered.data.store import write_rows
 from layered.layering import InferencePlan, Network, Partition, plan_inference
 from layered.tasks.kernels import worker_kernel
 
@@ -197,9 +198,7 @@ def layer_chunk(
     values = {"outputs": new.outputs, "logits": new.logits, "active": new.active,
               "frozen_at": new.frozen_at}
     for name, path in out.arrays().items():
-        target = np.load(path, mmap_mode="r+")
-        target[rows[0] : rows[1]] = values[name]
-        target.flush()
+        write_rows(path, rows, values[name])
     np.savez(out.state(chunk), **new.to_arrays())
     return ChunkOutcome(chunk, upgrade.n_active, len(new.samples), upgrade.bit_ops, upgrade.flops,
                         decision.decision_flops)
