@@ -29,7 +29,7 @@ import numpy as np
 
 from layered.data import load_mnist, pixels_to_unit, train_model
 from layered.layering import Network, layered_inference, one_shot_cost
-from layered.layering.kernel import resolve_kernel
+from layered.layering.kernel import cpu_flags, resolve_kernel
 from layered.reports.mnist import PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
@@ -41,15 +41,11 @@ KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
 
 def cpu_summary() -> str:
     """CPU model, the flags in KERNEL_FLAGS it has, cores, and BLAS threads."""
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags = platform.processor() or platform.machine(), cpu_flags()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
+        model = next((line.partition(":")[2].strip() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("model name")), model)
     present = [f for f in KERNEL_FLAGS if f in flags] or ["(flags unknown)"]
     threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
     return (f"CPU: {model}; {os.cpu_count()} cores; flags: {' '.join(present)};"
