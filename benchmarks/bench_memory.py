@@ -5,7 +5,8 @@ whole) and ``X`` (``--columns`` x ``--n``) as ``.npy`` files, starts a local Das
 of two process workers limited to ``--memory-limit`` each, runs ``matmul_flow`` on the
 files, and prints each worker's peak resident memory during the run (the kernel's
 ``VmHWM``, reset just before it) against the limit and the operand sizes. Workers read
-their rows of the operands and of the digit files from disk (memory-mapped ``.npy``);
+their rows of the operands from disk (memory-mapped ``.npy``) and keep the split blocks
+that fit in a quarter of their limit, splitting the others again at each resolution;
 a worker restarted by its nanny for exceeding the limit would show as a changed pid and
 fails the benchmark. The final estimate is checked against the exact truncated product,
 computed here by row blocks. The baseline, timed in the same run: the one-shot float64
@@ -139,21 +140,21 @@ def main() -> None:
         peaks = client.run(peak_memory)
         restarted = client.run(os.getpid) != pids
         manifest = json.loads((settings.store / "big" / "manifest.json").read_text())
-        digits = sum(p.stat().st_size for p in (settings.store / "big" / "digits").iterdir())
         final = np.load(settings.store / "big" / manifest["resolutions"][-1]["files"]["estimate"])
         params = manifest["parameters"]
         exact = matches_truncated_product(final, w_path, x_path, params["partition_w"],
                                           params["partition_x"])
-        sizes = {"W": w_path.stat().st_size, "X": x_path.stat().st_size, "digits": digits}
+        sizes = {"W": w_path.stat().st_size, "X": x_path.stat().st_size}
     mib = 2**20
-    print(f"W {sizes['W'] / mib:.0f} MiB, X {sizes['X'] / mib:.1f} MiB, digit files"
-          f" {sizes['digits'] / mib:.0f} MiB on disk (W written in {written:.1f} s);"
+    print(f"W {sizes['W'] / mib:.0f} MiB, X {sizes['X'] / mib:.1f} MiB on disk"
+          f" (W written in {written:.1f} s);"
           f" worker memory limit {limit / mib:.0f} MiB, block rows {args.block_rows}")
     print(f"flow run {state.name} in {wall:.1f} s; final estimate equals the exact"
           f" truncated product: {exact}; a worker restarted: {restarted}")
     layering = [entry["elapsed_s"] for entry in manifest["resolutions"]]
     prepare = manifest["stopped_at"] - manifest["started_at"] - layering[-1]
-    print(f"in the flow: operand preparation (split to digit files)"
+    print(f"in the flow: operand preparation (split on the workers, kept within a quarter"
+          f" of each worker's limit)"
           f" {prepare:.1f} s, then resolutions done at " + ", ".join(
               f"{seconds:.1f}" for seconds in layering) + " s of layering")
     print(f"one-shot float64 W @ X by the same row blocks, in one process: {baseline_s:.2f} s,"

@@ -14,7 +14,7 @@ Prints, in one run (each ``layered`` invocation a fresh process, as a user would
    the whole :func:`layered_matmul` (every resolution, the default kernel, warm: the
    kernel's one-time import and first call are made before any timing) on the same
    operands held in memory in this process. The flow wall is the flow run's time, so its
-   overhead includes generating the operands to disk, splitting them into digit files,
+   overhead includes generating the operands to disk, splitting them on the workers,
    persisting every resolution, the error measurement (a float64 one-shot product, after
    the layering), the plots and the Prefect API; the figure "until the last resolution"
    ends at the manifest's ``stopped_at`` instead (without the error measurement, the

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from layered.data.store import npy_header, write_rows
-from layered.layering import Components, Partition, PartitionRangeError, SplitOperand
+from layered.layering import Partition, PartitionRangeError
 
 __all__ = [
     "ArraySource",
@@ -43,8 +43,6 @@ __all__ = [
     "flops_affordable",
     "file_stamp",
     "synthetic_operands",
-    "save_digits",
-    "load_split",
 ]
 
 # Values scanned at a time (converted to float64) when checking a whole operand: bounded
@@ -332,34 +330,6 @@ def check_value_bits(value_bits: int) -> int:
     if isinstance(value_bits, bool) or not isinstance(value_bits, int) or not 2 <= value_bits <= 32:
         raise OperandError(f"value_bits must be an integer in [2, 32], got {value_bits!r}")
     return value_bits
-
-
-def save_digits(
-    components: Components, paths: Sequence[str], rows: tuple[int, int] | None = None
-) -> None:
-    """Write each component's digits into its ``.npy`` file (rows ``start:stop`` if given).
-
-    The files must already exist with the full shape (see
-    :meth:`layered.data.store.Run.stage_array`); concurrent writers of disjoint rows are
-    safe.
-    """
-    for digits, path in zip(components.digits, paths, strict=True):
-        write_rows(path, (0, len(digits)) if rows is None else rows, digits)
-
-
-def load_split(
-    paths: Sequence[str], partition: Partition, name: str, rows: tuple[int, int] | None = None
-) -> SplitOperand:
-    """A :class:`SplitOperand` from digit files written by :func:`save_digits`."""
-    digits = []
-    for path in paths:
-        arr = np.load(path, mmap_mode="r")
-        digits.append(np.array(arr if rows is None else arr[rows[0] : rows[1]]))
-    if rows is not None:
-        partition = partition.rows(*rows)
-    comps = Components(digits, partition.exponents, partition.widths,
-                       offsets=partition.offsets_for(digits[0].shape, name))
-    return SplitOperand.from_components(comps, partition, name=name)
 
 
 def flops_affordable(shape: Sequence[int], limit: int) -> bool:

@@ -245,34 +245,23 @@ def _prepare(
     run: Run, spec: MatmulSpec, settings: Settings, deadline_at: float | None,
     kernel: tuple[str, str | None] = ("auto", None),
 ) -> MatmulJob | Stop:
-    """Operands on disk and split into digit files (once per run)."""
+    """Operands on disk, split on the workers (once per run; the flags found recorded)."""
     w, x = _operand_sources(run, spec)
-    job = MatmulJob(
-        w, x, spec.pw, spec.px, spec.order,
-        w_digits=tuple(run.array_path(f"digits/W-{i}.npy") for i in range(spec.pw.m)),
-        x_digits=tuple(run.array_path(f"digits/X-{j}.npy") for j in range(spec.px.m)),
-        block_rows=settings.block_rows, kernel=kernel[0], device=kernel[1],
-    )
-    if "digits" not in run.manifest["prepared"]:
-        staged = _stage_digits(run, job)
-        staged_job = dataclasses.replace(
-            job,
-            w_digits=tuple(staged[_rel(run, p)] for p in job.w_digits),
-            x_digits=tuple(staged[_rel(run, p)] for p in job.x_digits),
-        )
+    job = MatmulJob(w, x, spec.pw, spec.px, spec.order, block_rows=settings.block_rows,
+                    kernel=kernel[0], device=kernel[1])
+    prepared = run.manifest["prepared"]
+    if "split" not in prepared and "digits" not in prepared:  # "digits": older runs
         outcome = lifecycle.run_task(
-            prepare_operands, staged_job, deadline_at,
-            what="the operand preparation", run=run,
+            prepare_operands, job, deadline_at, what="the operand preparation", run=run,
         )
         if isinstance(outcome, Stop):
             return outcome
         ended_at = time.time()
-        files = run.commit_arrays(staged)
-        run.record_prepared("digits", {"off_grid": list(outcome), "files": files})
+        run.record_prepared("split", {"off_grid": list(outcome)})
         if deadline_at is not None and ended_at >= deadline_at:  # kept for a resume
             return Stop("deadline", ended_at, Cancelled(
                 message="deadline passed during the operand preparation; stopped"))
-    off_w, off_x = run.manifest["prepared"]["digits"]["off_grid"]
+    off_w, off_x = run.manifest["prepared"].get("split", prepared.get("digits"))["off_grid"]
     return dataclasses.replace(
         job,
         truncation=truncation_bound(
@@ -285,23 +274,6 @@ def _prepare(
 def _coarsest_step(p: Partition) -> float:
     """The finest grid step of the coarsest row or column: what truncation may drop."""
     return math.ldexp(1.0, p.points[-1] + max(p.offsets or (0,)))
-
-
-def _rel(run: Run, path: str) -> str:
-    return str(Path(path).relative_to(run.path))
-
-
-def _stage_digits(run: Run, job: MatmulJob) -> dict[str, str]:
-    """Staged digit files, one per component, keyed by their final relative paths."""
-    staged: dict[str, str] = {}
-    for source, partition, paths in (
-        (job.w, job.pw, job.w_digits), (job.x, job.px, job.x_digits)
-    ):
-        dtypes = [d.str for d in partition.digit_dtypes]
-        for path, dtype in zip(paths, dtypes, strict=True):
-            rel = _rel(run, path)
-            staged[rel] = run.stage_array(rel.replace("/", "-")[:-4], source.shape, dtype)
-    return staged
 
 
 def _operand_sources(run: Run, spec: MatmulSpec) -> tuple[ArraySource, ArraySource]:

@@ -304,9 +304,10 @@ def resolve_matmul(
 def check_room(spec: MatmulSpec, store: str | os.PathLike[str]) -> int:
     """Bytes a new run of ``spec`` writes to ``store``; an error if its disk lacks them.
 
-    A run writes synthetic operands (generated to disk block by block), the digit files of
-    both operands, and per resolution its estimate and bound (float64, M x N each). The
-    workers need only a block of rows in memory at a time, so disk is what bounds a run.
+    A run writes synthetic operands (generated to disk block by block) and per resolution
+    its estimate and bound (float64, M x N each). The workers need only a block of rows in
+    memory at a time (they keep the split blocks that fit in a share of their memory), so
+    disk is what bounds a run.
 
     Raises
     ------
@@ -315,14 +316,12 @@ def check_room(spec: MatmulSpec, store: str | os.PathLike[str]) -> int:
         naming the option (``--shape`` or ``--operands``) and both figures.
     """
     m, k, n = spec.shape
-    digits = sum(d.itemsize for d in spec.pw.digit_dtypes) * m * k
-    digits += sum(d.itemsize for d in spec.px.digit_dtypes) * k * n
     operands = 0
     if spec.w is None:
         itemsize = synthetic_dtype(spec.request.value_bits or 8).itemsize
         operands = itemsize * (m * k + k * n)
     results = 2 * 8 * m * n * spec.order.resolutions
-    needed = operands + digits + results
+    needed = operands + results
     where = Path(store)
     while not where.exists() and where != where.parent:
         where = where.parent
@@ -332,7 +331,7 @@ def check_room(spec: MatmulSpec, store: str | os.PathLike[str]) -> int:
                   else "--shape " + " ".join(map(str, spec.shape)))
         raise RunTooLargeError(
             f"{option}: the run writes about {_gib(needed)} to {store} (operands"
-            f" {_gib(operands)}, digit files {_gib(digits)}, results {_gib(results)}), and"
+            f" {_gib(operands)}, results {_gib(results)}), and"
             f" {where} has {_gib(free)} free; free some space, give a smaller shape, or"
             " --store on a larger disk"
         )

@@ -32,7 +32,7 @@ from layered.tasks.matmul_blocks import (
     StagedResolution,
     error_block,
     layer_block,
-    split_block,
+    split_rows,
 )
 
 __all__ = [
@@ -52,31 +52,25 @@ STOP_REASONS = ("completed", "deadline", "tolerance")
 # --------------------------------------------------------------------------- prepare
 @task(task_run_name="prepare-operands", cache_policy=NO_CACHE)
 def prepare_operands(job: MatmulJob, deadline: float | None) -> tuple[bool, bool] | State:
-    """Split W and X into their digit files, by blocks.
+    """Split W's row blocks (and X) on the workers that will run their resolutions.
 
-    Parameters
-    ----------
-    job : MatmulJob
-        ``w_digits`` and ``x_digits`` name the (staged) digit files to fill.
-    deadline : float or None
+    Each block lands where :func:`layer_resolution` will send it (``pinned``), which keeps
+    the split in memory; nothing is written to disk.
 
     Returns
     -------
     (bool, bool) or State
-        Whether W and X had values off their partitions' finest grids, or Cancelled if
-        the deadline passed.
+        Whether W and X had values off their partitions' grids, or Cancelled if the
+        deadline passed.
     """
-    calls = []
-    for source, partition, name, paths in (
-        (job.w, job.pw, "W", job.w_digits), (job.x, job.px, "X", job.x_digits)
-    ):
-        calls += [Call(f"split-{name}-rows-{a}-{b}", split_block,
-                       (source, partition, name, paths, (a, b)))
-                  for a, b in job.blocks(source.shape[0])]
-    results = fan_out(calls, deadline)
+    results = fan_out(
+        [Call(f"split-rows-{a}-{b}", split_rows, (job, (a, b))) for a, b in job.blocks()],
+        deadline,
+        pinned=True,
+    )
     if results is None:
         return deadline_state("the operand preparation", deadline or 0.0)
-    return any(results[: len(job.blocks())]), any(results[len(job.blocks()) :])
+    return any(w for w, _ in results), any(x for _, x in results)
 
 
 # ------------------------------------------------------------------------ resolutions

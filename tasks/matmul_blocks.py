@@ -6,6 +6,13 @@ and preload it (:mod:`layered.cluster`). The Prefect tasks that fan these blocks
 (memory-mapped ``.npy``), so operands are never re-sent per resolution, and write their
 rows of the result into files the flow staged.
 
+Each worker splits the row blocks of W it is given once (in the operand preparation)
+and keeps them in memory, within a share of its memory limit, for every later
+resolution; a block it does not hold (another worker took it, a restarted worker, a
+resumed run, an operand larger than the share) is split again from the operand file,
+which gives the same digits. X is split once per worker. Nothing derived from the
+operands is written to disk.
+
 The arithmetic is :func:`layered.layering.resolution_block`; nothing here computes.
 """
 
@@ -18,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layered.data.operands import ArraySource, file_stamp, load_split, save_digits
+from layered.data.operands import ArraySource, file_stamp
 from layered.data.store import write_rows
 from layered.layering import (
     Ordering,
@@ -32,7 +39,7 @@ __all__ = [
     "MatmulJob",
     "StagedResolution",
     "ResolutionOutcome",
-    "split_block",
+    "split_rows",
     "layer_block",
     "error_block",
 ]
@@ -48,8 +55,6 @@ class MatmulJob:
         The operands (read by rows).
     pw, px : Partition
     order : Ordering
-    w_digits, x_digits : tuple of str
-        One digit file per component (written by :func:`split_operands`).
     block_rows : int
         Rows of W per Dask block.
     truncation : float
@@ -67,8 +72,6 @@ class MatmulJob:
     pw: Partition
     px: Partition
     order: Ordering
-    w_digits: tuple[str, ...]
-    x_digits: tuple[str, ...]
     block_rows: int
     truncation: float = 0.0
     reuse: str = "auto"
@@ -145,15 +148,67 @@ class ResolutionOutcome:
 
 
 # --------------------------------------------------------------------------- blocks
-def split_block(
-    source: ArraySource, partition: Partition, name: str, paths: tuple[str, ...],
-    rows: tuple[int, int],
-) -> bool:
-    """Split rows of an operand into digit files; True if any value was off the grid
-    (off its row's grid, for a per-row partition)."""
-    components = partition.rows(*rows).components(source.rows(*rows), name=name)
-    save_digits(components, paths, rows)
-    return bool(components.off_grid)  # found by the split itself
+#: Per worker process: row blocks of W split under their partition, by (operand file,
+#: its stamp, partition, rows) -> (split, off the grid), least recently used first, and
+#: the bytes they hold. Missing one (not kept, another worker) costs one split again.
+_SPLITS: OrderedDict[tuple[object, ...], tuple[SplitOperand, bool]] = OrderedDict()
+_SPLIT_BYTES: dict[tuple[object, ...], int] = {}
+#: The share of a worker's memory limit its split blocks may hold (without a limit: 1 GiB).
+SPLIT_SHARE, SPLIT_BYTES_UNLIMITED = 0.25, 1 << 30
+
+
+def split_rows(job: MatmulJob, rows: tuple[int, int]) -> tuple[bool, bool]:
+    """Split rows ``start:stop`` of W (and all of X, once per worker) and keep them on this
+    worker for the resolutions; whether W's rows and X had values off their partitions'
+    grids (off a row's grid, for a per-row partition)."""
+    _, off_w = _w_rows(job, rows)
+    return off_w, _x_split(job.x, job.px, file_stamp(job.x.path))[1]
+
+
+def _w_rows(job: MatmulJob, rows: tuple[int, int]) -> tuple[SplitOperand, bool]:
+    key = (job.w.path, file_stamp(job.w.path), job.pw, rows)
+    if key in _SPLITS:
+        _SPLITS.move_to_end(key)
+        return _SPLITS[key]
+    partition = job.pw.rows(*rows)
+    components = partition.components(job.w.rows(*rows), name="W")
+    held = SplitOperand.from_components(components, partition, name="W"), bool(
+        components.off_grid)  # found by the split itself
+    # The digits and, made on first use, their conversions for the kernel (at most a
+    # float32 copy each): five bytes a value per component, counted up front.
+    size = (rows[1] - rows[0]) * job.w.shape[1] * 5 * len(components.digits)
+    budget = _split_budget()
+    # Room is made from other operands' blocks (oldest first), never from this operand's:
+    # the resolutions visit its blocks in the same order each time, so evicting the
+    # oldest block for the newest would miss every one; the blocks beyond the budget are
+    # split again at each resolution instead.
+    for other in [k for k in _SPLITS if k[:3] != key[:3]]:
+        if sum(_SPLIT_BYTES.values()) + size <= budget:
+            break
+        del _SPLITS[other], _SPLIT_BYTES[other]
+    if sum(_SPLIT_BYTES.values()) + size <= budget:
+        _SPLITS[key], _SPLIT_BYTES[key] = held, size
+    return held
+
+
+def _split_budget() -> int:
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError):  # not on a worker
+        limit = None
+    return int(limit * SPLIT_SHARE) if limit else SPLIT_BYTES_UNLIMITED
+
+
+@functools.lru_cache(maxsize=2)
+def _x_split(source: ArraySource, partition: Partition, stamp: tuple[int, int]
+             ) -> tuple[SplitOperand, bool]:
+    # Cached per worker process: X's digits, kernel conversions and column statistics are
+    # made once and serve every block of every resolution the worker runs.
+    components = partition.components(source.read(), name="X")
+    return SplitOperand.from_components(components, partition, name="X"), bool(
+        components.off_grid)
 
 
 @functools.lru_cache(maxsize=1)
@@ -175,26 +230,26 @@ def error_block(job: MatmulJob, estimates: tuple[str, ...], rows: tuple[int, int
     (computed here, for these rows)."""
     w = job.w.rows(*rows)
     stamp = file_stamp(job.x.path)
-    references = (job.pw.rows(*rows).truncate(w) @ _truncated(job.x, job.px, stamp),
-                  w.astype(np.float64) @ _as_given(job.x, stamp))
+    given = w.astype(np.float64) @ _as_given(job.x, stamp)
+    # Operands on their grids (no truncation bound) are their own truncation: one product.
+    truncated = given if job.truncation == 0 else (
+        job.pw.rows(*rows).truncate(w) @ _truncated(job.x, job.px, stamp))
     errors: list[tuple[float, float]] = []
     for path in estimates:
         estimate = np.load(path, mmap_mode="r")[rows[0] : rows[1]]
-        truncated, given = (float(np.max(np.abs(ref - estimate))) for ref in references)
-        errors.append((truncated, given))
+        errors.append((_max_abs_difference(truncated, estimate),
+                       _max_abs_difference(given, estimate)))
     return errors
 
 
-@functools.lru_cache(maxsize=2)
-def _x_split(paths: tuple[str, ...], partition: Partition, stamps: tuple) -> SplitOperand:
-    # Cached per worker process: X's digits, kernel conversions and column statistics are
-    # made once and serve every block of every resolution the worker runs.
-    return load_split(paths, partition, "X")
+def _max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)))
 
 
 #: Per worker process: products a row block computed early for a later resolution (the
-#: product plans of :mod:`layered.layering.plan`), by (digit files, rows) -> (resolution
-#: they are for, products). Losing them (another worker, a restart) costs only reuse.
+#: product plans of :mod:`layered.layering.plan`), by (operand files, partitions,
+#: ordering, rows) -> (resolution they are for, products). Losing them (another worker, a
+#: restart) costs only reuse.
 _KEPT: OrderedDict[tuple[object, ...], tuple[int, dict]] = OrderedDict()
 _KEPT_ENTRIES = 1024
 
@@ -204,10 +259,11 @@ def layer_block(
     rows: tuple[int, int],
 ) -> ResolutionOutcome:
     start, stop = rows
-    w = load_split(job.w_digits, job.pw, "W", rows)
-    x = _x_split(job.x_digits, job.px, tuple(file_stamp(p) for p in job.x_digits))
+    w, _ = _w_rows(job, rows)
+    x, _ = _x_split(job.x, job.px, file_stamp(job.x.path))
     prev = None if previous is None else np.load(previous, mmap_mode="r")[start:stop]
-    key = (job.w_digits, job.x_digits, rows)
+    key = (job.w.path, file_stamp(job.w.path), job.x.path, file_stamp(job.x.path), job.pw,
+           job.px, job.order, rows)
     for_resolution, kept = _KEPT.pop(key, (0, {}))
     res, kept = resolution_block(
         w, x, job.order, resolution, prev, truncation=job.truncation,

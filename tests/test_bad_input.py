@@ -157,7 +157,7 @@ OPTION_CASES = {
     "run id with a slash": (["--run-id", "../elsewhere"], r"invalid run id '\.\./elsewhere'"),
     "larger than the disk": (["--shape", "200000000", "200000", "10"],
                              r"--shape 200000000 200000 10: the run writes about [\d.]+ GiB"
-                             r" to .* \(operands [\d.]+ GiB, digit files [\d.]+ GiB, results"
+                             r" to .* \(operands [\d.]+ GiB, results"
                              r" [\d.]+ GiB\), and .* has [\d.]+ GiB free"),
 }
 

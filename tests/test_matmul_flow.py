@@ -87,6 +87,43 @@ def test_resolution_blocks_chained_by_rows_equal_layered_matmul(ordering):
         np.testing.assert_allclose(bound, np.broadcast_to(res.bound, bound.shape), rtol=1e-12)
 
 
+def test_blocks_kept_split_on_a_worker_or_split_again_give_layered_matmul(tmp_path, monkeypatch):
+    from layered.data.operands import open_operand
+    from layered.tasks import matmul_blocks as blocks
+    from layered.tasks.matmul_blocks import MatmulJob, StagedResolution, layer_block, split_rows
+
+    rng = np.random.default_rng(4)
+    W, X = rng.integers(-127, 127, (40, 24)).astype(float), rng.uniform(-2, 2, (24, 6))
+    W[20, 3] += 0.5  # off W's grid, in the second block only
+    np.save(tmp_path / "W.npy", W)
+    np.save(tmp_path / "X.npy", X)
+    pw, px = Partition((7, 3, 0)), Partition((1, -1, -4))
+    order = resolve_ordering("anti-diagonal", pw, px)
+    job = MatmulJob(open_operand(str(tmp_path / "W.npy"), "W"),
+                    open_operand(str(tmp_path / "X.npy"), "X"), pw, px, order, block_rows=16)
+    direct = list(layered_matmul(W, X, pw, px, ordering=order))
+    # a budget for one block of 16 x 24 values (5 bytes per value and component): the
+    # first block is kept, the others are split again at every resolution
+    monkeypatch.setattr(blocks, "SPLIT_BYTES_UNLIMITED", 16 * 24 * 5 * pw.m)
+    monkeypatch.setattr(blocks, "_SPLITS", type(blocks._SPLITS)())
+    monkeypatch.setattr(blocks, "_SPLIT_BYTES", {})
+    assert [split_rows(job, rows) for rows in job.blocks()] == [
+        (False, True), (True, True), (False, True)]
+    kept = blocks._w_rows(job, (0, 16))[0]
+    assert list(blocks._SPLITS) == [(job.w.path, *list(blocks._SPLITS)[0][1:3], (0, 16))]
+    previous = None
+    for res in direct:
+        staged = StagedResolution(str(tmp_path / f"e{res.resolution}.npy"),
+                                  str(tmp_path / f"b{res.resolution}.npy"))
+        for path in (staged.estimate, staged.bound):
+            np.save(path, np.zeros((40, 6)))
+        for rows in job.blocks():
+            layer_block(job, res.resolution, previous, staged, rows)
+        assert np.array_equal(np.load(staged.estimate), res.estimate)
+        previous = staged.estimate
+    assert blocks._w_rows(job, (0, 16))[0] is kept and len(blocks._SPLITS) == 1
+
+
 def test_decide_stops_at_the_last_resolution_the_tolerance_or_the_deadline():
     assert decide.fn(3, 3, bound=0.0, tolerance=None, deadline=None) == "completed"
     assert decide.fn(1, 3, bound=5.0, tolerance=5.0, deadline=None) == "tolerance"

@@ -1,4 +1,4 @@
-"""Matmul operands: seeded synthetic data, validated files, digit files that round-trip."""
+"""Matmul operands: seeded synthetic data, validated files."""
 
 import numpy as np
 import pytest
@@ -7,13 +7,11 @@ import zarr
 from layered.data.operands import (
     OperandError,
     check_matmul_shapes,
-    load_split,
     open_operand,
-    save_digits,
     scan_operand,
     synthetic_operands,
 )
-from layered.layering import Partition, PartitionRangeError, SplitOperand
+from layered.layering import Partition, PartitionRangeError
 
 
 def test_synthetic_operands_are_seeded_int8_in_the_twos_complement_range():
@@ -105,26 +103,6 @@ def test_values_outside_an_explicit_partition_are_refused(tmp_path):
     np.save(tmp_path / "w.npy", a)
     with pytest.raises(PartitionRangeError, match=r"W\[2, 3\] = -16.0 .* < 2\^p_0 = 16"):
         scan_operand(open_operand(tmp_path / "w.npy", "W"), "W", Partition((4, 2, 0)))
-
-
-def test_digit_files_written_by_row_blocks_load_as_the_split_operand(tmp_path):
-    rng = np.random.default_rng(0)
-    a = rng.uniform(-8, 8, size=(10, 6))
-    p = Partition((3, 1, -1, -3))
-    reference = SplitOperand(a, p, name="W")
-    paths = []
-    for i, digits in enumerate(reference.components.digits):
-        path = tmp_path / f"W-{i}.npy"
-        np.lib.format.open_memmap(path, mode="w+", dtype=digits.dtype, shape=a.shape).flush()
-        paths.append(str(path))
-    for start in range(0, 10, 4):
-        save_digits(p.components(a[start : start + 4]), paths, (start, min(start + 4, 10)))
-    loaded = load_split(paths, p, "W")
-    for got, want in zip(loaded.components.digits, reference.components.digits, strict=True):
-        assert np.array_equal(got, want)
-    rows = load_split(paths, p, "W", rows=(2, 5))
-    assert rows.shape == (3, 6)
-    assert np.array_equal(rows.components.digits[1], reference.components.digits[1][2:5])
 
 
 def test_synthetic_operands_written_block_by_block_equal_those_made_in_memory(
