@@ -169,19 +169,25 @@ def _layer_resolutions(
     entries = run.completed_resolutions()
     clock = lifecycle.Clock(entries)
     key = report.artifact_key("matmul", run.run_id)
-    with lifecycle.Publisher() as ui:
+    # The UI, and the store's commits (an fsync of each array), run off the layering's
+    # path, each in order on its own thread; leaving the block waits for both.
+    with lifecycle.Publisher() as ui, lifecycle.Publisher() as store:
         progress = ui.submit(report.start_progress, key, len(entries), total)
         if entries:
             last = entries[-1]
             stopped = decide(last["resolution"], total, last["bound"], tolerance, None)
             if stopped is not None:  # resumed a run that had nothing left to do
                 return Stop(stopped, time.time())
+        previous = None
+        if entries:
+            committed = run.array_path(entries[-1]["files"]["estimate"])
+            previous = (committed, committed)
+        persisted: Future[None] | None = None
         for resolution in range(len(entries) + 1, total + 1):
             staged = StagedResolution(
                 run.stage_array(f"estimate-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
                 run.stage_array(f"bound-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
             )
-            previous = run.array_path(entries[-1]["files"]["estimate"]) if entries else None
             outcome = lifecycle.run_task(
                 layer_resolution, job, resolution, previous, staged, deadline_at,
                 what=f"resolution {resolution}", run=run,
@@ -190,8 +196,15 @@ def _layer_resolutions(
                 return outcome
             # The layering stops when the result arrives (if it stops): persisting follows.
             now = time.time()
-            entries.append(_persist(run, outcome, staged, clock.elapsed()))
-            ui.submit(_show, key, list(entries), total, progress)
+            if persisted is not None and persisted.done():
+                persisted.result()  # a commit that failed fails the run now
+            entry, files = _entry(outcome, clock.elapsed())
+            entries.append(entry)
+            persisted = store.submit(_persist, run, entry, files, staged)
+            # The next resolution reads this one from the staged file, or, once the store
+            # moved it, from its final name.
+            previous = (staged.estimate, run.array_path(entry["files"]["estimate"]))
+            ui.submit(_show, key, list(entries), total, progress, persisted)
             # The decision is a pure function of these values: the flow takes it at once,
             # and its Prefect task run (the same call, same values) is recorded off the
             # layering's path, before its line.
@@ -222,23 +235,28 @@ def _measure_errors(run: Run, job: MatmulJob) -> None:
     report.publish_table(report.artifact_key("matmul", run.run_id), done, job.order.resolutions)
 
 
-def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Future[UUID]) -> None:
-    """The latest resolution in the log and the UI (its table row and the progress)."""
+def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Future[UUID],
+          persisted: Future[None]) -> None:
+    """The latest resolution in the log and the UI (its table row and the progress), once
+    it is persisted."""
+    persisted.result()
     report.announce(report.progress_line(entries[-1], total))
     report.publish_resolution(key, entries, total, progress.result())
 
 
-def _persist(
-    run: Run, outcome: ResolutionOutcome, staged: StagedResolution, elapsed_s: float
-) -> dict[str, Any]:
+def _entry(outcome: ResolutionOutcome, elapsed_s: float) -> tuple[dict[str, Any], dict[str, str]]:
+    """The manifest entry of a resolution, and its arrays' final relative paths by field."""
     r = outcome.resolution
-    files = run.commit_arrays({
-        f"resolution-{r}/estimate.npy": staged.estimate,
-        f"resolution-{r}/bound.npy": staged.bound,
-    })
+    files = {"estimate": f"resolution-{r}/estimate.npy", "bound": f"resolution-{r}/bound.npy"}
     entry = {**dataclasses.asdict(outcome), "elapsed_s": elapsed_s, "files": files}
+    return entry, files
+
+
+def _persist(run: Run, entry: dict[str, Any], files: dict[str, str],
+             staged: StagedResolution) -> None:
+    """Commit a resolution's staged arrays under their final names, then list it."""
+    run.commit_arrays({files["estimate"]: staged.estimate, files["bound"]: staged.bound})
     run.record_resolution(entry)
-    return entry
 
 
 def _prepare(

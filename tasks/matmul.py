@@ -78,7 +78,7 @@ def prepare_operands(job: MatmulJob, deadline: float | None) -> tuple[bool, bool
 def layer_resolution(
     job: MatmulJob,
     resolution: int,
-    previous: str | None,
+    previous: tuple[str, str] | None,
     out: StagedResolution,
     deadline: float | None,
 ) -> ResolutionOutcome | State:
@@ -89,8 +89,9 @@ def layer_resolution(
     job : MatmulJob
     resolution : int
         1-based resolution.
-    previous : str or None
-        Committed ``Ω_{r-1}`` file (None for the first resolution).
+    previous : (str, str) or None
+        ``Ω_{r-1}``'s staged file and its final name, where the store moves it while this
+        resolution runs (None for the first resolution).
     out : StagedResolution
         Staged files to fill.
     deadline : float or None

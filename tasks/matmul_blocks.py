@@ -242,6 +242,17 @@ def error_block(job: MatmulJob, estimates: tuple[str, ...], rows: tuple[int, int
     return errors
 
 
+def _previous_rows(previous: tuple[str, str], rows: tuple[int, int]) -> np.ndarray:
+    """Rows of ``Ω_{r-1}`` from its staged file, or from its final name once the store has
+    moved it there (a rename: one of the two names always exists)."""
+    staged, final = previous
+    try:
+        estimate = np.load(staged, mmap_mode="r")
+    except FileNotFoundError:
+        estimate = np.load(final, mmap_mode="r")
+    return estimate[rows[0] : rows[1]]
+
+
 def _max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)))
 
@@ -255,13 +266,13 @@ _KEPT_ENTRIES = 1024
 
 
 def layer_block(
-    job: MatmulJob, resolution: int, previous: str | None, out: StagedResolution,
-    rows: tuple[int, int],
+    job: MatmulJob, resolution: int, previous: tuple[str, str] | None,
+    out: StagedResolution, rows: tuple[int, int],
 ) -> ResolutionOutcome:
     start, stop = rows
     w, _ = _w_rows(job, rows)
     x, _ = _x_split(job.x, job.px, file_stamp(job.x.path))
-    prev = None if previous is None else np.load(previous, mmap_mode="r")[start:stop]
+    prev = None if previous is None else _previous_rows(previous, rows)
     key = (job.w.path, file_stamp(job.w.path), job.x.path, file_stamp(job.x.path), job.pw,
            job.px, job.order, rows)
     for_resolution, kept = _KEPT.pop(key, (0, {}))
