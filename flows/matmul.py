@@ -60,6 +60,7 @@ from layered.request import (
     check_limits,
     check_room,
     resolve_matmul,
+    run_kernel,
 )
 from layered.settings import Settings
 from layered.tasks import report
@@ -85,7 +86,7 @@ def _flow_run_name() -> str:
 @flow(
     name="layered-matmul",
     flow_run_name=_flow_run_name,
-    task_runner=dask_task_runner(Settings.from_env(), pipeline="matmul"),
+    task_runner=dask_task_runner(Settings.from_env(), warm_kernel=True),
     validate_parameters=True,
 )
 def matmul_flow(
@@ -120,6 +121,8 @@ def matmul_flow(
     block_rows : rows of W per Dask block.
     kernel, device : the product kernel (``"auto"``, ``"numpy"``, ``"torch"``) and device
         (``"cpu"``, ``"cuda"``), resolved on each worker; results do not depend on them.
+        ``"auto"`` on the CPU is numpy for products below ``Settings.torch_min_work``
+        multiply-adds (see :func:`~layered.request.run_kernel`).
 
     Returns
     -------
@@ -144,6 +147,7 @@ def matmul_flow(
     spec = resolve_matmul(request, settings, stored["parameters"] if stored else None)
     if stored is None:
         check_room(spec, settings.store)
+    kernel = run_kernel(kernel, device, math.prod(spec.shape), settings)
     with lifecycle.running(runs, run_id, "matmul", spec.parameters, started_at,
                            deadline_at) as run:
         prepared = _prepare(run, spec, settings, deadline_at, (kernel, device))

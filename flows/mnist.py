@@ -56,7 +56,7 @@ from layered.mnist_request import (
     resolve_mnist,
     task_partitions,
 )
-from layered.request import check_kernel, check_limits
+from layered.request import check_kernel, check_limits, run_kernel
 from layered.settings import Settings
 from layered.tasks import report
 from layered.tasks.mnist import (
@@ -83,7 +83,7 @@ def _flow_run_name() -> str:
 @flow(
     name="layered-mnist",
     flow_run_name=_flow_run_name,
-    task_runner=dask_task_runner(Settings.from_env(), pipeline="mnist"),
+    task_runner=dask_task_runner(Settings.from_env(), warm_kernel=False),
     validate_parameters=True,
 )
 def mnist_flow(
@@ -116,6 +116,8 @@ def mnist_flow(
     run_id : resume this run (or start it under this id).
     kernel, device : the product kernel (``"auto"``, ``"numpy"``, ``"torch"``) and device
         (``"cpu"``, ``"cuda"``), resolved on each worker; results do not depend on them.
+        ``"auto"`` on the CPU is numpy for batches below ``Settings.torch_min_work``
+        multiply-adds (see :func:`~layered.request.run_kernel`).
 
     Returns
     -------
@@ -135,6 +137,7 @@ def mnist_flow(
                            samples=samples, chunk_size=chunk_size)
     stored = runs.read_manifest(run_id)
     spec = resolve_mnist(request, settings, stored["parameters"] if stored else None)
+    kernel = run_kernel(kernel, device, spec.work, settings)
     with lifecycle.running(runs, run_id, "mnist", spec.parameters, started_at,
                            deadline_at) as run:
         job = dataclasses.replace(_prepare(run, spec), kernel=kernel, device=device)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -281,6 +282,7 @@ def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
         check_limits,
         check_room,
         resolve_matmul,
+        run_kernel,
     )
 
     check_limits(args.deadline, args.tolerance, args.block_rows)
@@ -298,23 +300,25 @@ def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
     runs.check_resumable(run_id, kind="matmul", parameters=spec.parameters)
     if stored is None:
         check_room(spec, settings.store)
+    kernel = run_kernel(args.kernel, args.device, math.prod(spec.shape), settings)
 
     def flow_call(flow: Any) -> Any:
         return flow(
             shape=args.shape, seed=args.seed, operands=args.operands, bits=args.bits,
             partition=args.partition, ordering=args.ordering, deadline=args.deadline,
             tolerance=args.tolerance, store=str(settings.store), run_id=run_id,
-            block_rows=settings.block_rows, kernel=args.kernel, device=args.device,
+            block_rows=settings.block_rows, kernel=kernel, device=args.device,
             return_state=True,
         )
 
-    return _run_pipeline("matmul", flow_call, settings, run_id, args.json)
+    return _run_pipeline("matmul", flow_call, settings, run_id, args.json,
+                         warm_kernel=kernel != "numpy")
 
 
 def _run_mnist(args: argparse.Namespace, settings: Settings) -> int:
     from layered.data.store import RunStore, new_run_id
     from layered.mnist_request import MnistRequest, resolve_mnist
-    from layered.request import check_kernel, check_limits
+    from layered.request import check_kernel, check_limits, run_kernel
 
     check_limits(args.deadline, None, None)
     check_kernel(args.kernel, args.device)
@@ -330,15 +334,18 @@ def _run_mnist(args: argparse.Namespace, settings: Settings) -> int:
         _say(f"no {spec.task} model at {spec.model_path}: this run trains one first and saves"
              " it there (`layered run train` does it alone)")
 
+    kernel = run_kernel(args.kernel, args.device, spec.work, settings)
+
     def flow_call(flow: Any) -> Any:
         return flow(
             data_dir=str(spec.data_dir), task=spec.task, rule=spec.rule, model=args.model,
             deadline=args.deadline, samples=args.samples, chunk_size=args.chunk_size,
-            store=str(settings.store), run_id=run_id, kernel=args.kernel, device=args.device,
+            store=str(settings.store), run_id=run_id, kernel=kernel, device=args.device,
             return_state=True,
         )
 
-    return _run_pipeline("mnist", flow_call, settings, run_id, args.json)
+    return _run_pipeline("mnist", flow_call, settings, run_id, args.json,
+                         warm_kernel=kernel != "numpy")
 
 
 def _run_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -376,16 +383,17 @@ def _report_mnist(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_pipeline(
     pipeline: str, call: Callable[[Any], Any], settings: Settings, run_id: str,
-    json_path: Path | None,
+    json_path: Path | None, warm_kernel: bool = False,
 ) -> int:
     """Run ``layered.flows.<pipeline>.<pipeline>_flow``, then report the run's summary as
-    ``<pipeline>_summary`` reads it from the run's manifest."""
+    ``<pipeline>_summary`` reads it from the run's manifest. ``warm_kernel``: a run whose
+    kernel may be torch, which a LocalCluster's workers load as they start."""
     import importlib
 
     from layered.data.store import RunStore
 
     module = f"layered.flows.{pipeline}"
-    state = _run_flow(module, f"{pipeline}_flow", call, settings)
+    state = _run_flow(module, f"{pipeline}_flow", call, settings, warm_kernel)
     summarize = getattr(importlib.import_module(module), f"{pipeline}_summary")
     manifest = RunStore(settings.store).read_manifest(run_id)
     summary = summarize(manifest or {"run_id": run_id, "resolutions": []}, settings.store)
@@ -393,14 +401,14 @@ def _run_pipeline(
 
 
 def _run_flow(
-    module: str, name: str, call: Callable[[Any], Any], settings: Settings
+    module: str, name: str, call: Callable[[Any], Any], settings: Settings,
+    warm_kernel: bool = False,
 ) -> Any:
     """Find or start the Prefect API and the cluster, then run the flow; return its state.
 
     The server, the cluster and the import of the flow (and Prefect) start side by side;
     at the end the cluster closes while the server stops.
     """
-    import importlib
 
     from layered.cluster import close_client, cluster_client, local_cluster
     from layered.server import prefect_api, wait_ready
@@ -415,10 +423,10 @@ def _run_flow(
         stack.callback(_send_prefect_logs)  # while the API is still up, on any way out
         _say(f"Prefect API: {api.url} ({api.source})")
         # PREFECT_API_URL is set: Prefect may be imported now, while the server comes up.
-        flow_module = _Background().start(importlib.import_module, module)
+        flow_module = _Background().start(_import_flow_module, module)
         address = settings.dask_address
         if address is None:
-            cluster = local_cluster(settings, pipeline=module.rsplit(".", 1)[-1])
+            cluster = local_cluster(settings, warm_kernel=warm_kernel)
             address = cluster.scheduler_address
             stack.callback(closing.start, _close_cluster, cluster, close_client)
             cluster_client(address, settings.scheduler_timeout_s)
@@ -437,6 +445,15 @@ def _run_flow(
         _say(f"flow run {state.name} after {time.perf_counter() - t1:.2f} s")
     _say(f"done after {time.perf_counter() - t0:.2f} s")
     return state
+
+
+def _import_flow_module(module: str) -> Any:
+    """Import the flow's module, and what Prefect imports on a flow run's first call (the
+    JSON encoder of its parameters, FastAPI's: about 0.4 s, else on the run's path)."""
+    import importlib
+
+    importlib.import_module("fastapi.encoders")
+    return importlib.import_module(module)
 
 
 def _close_cluster(cluster: Any, close_client: Callable[[str], None]) -> None:

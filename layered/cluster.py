@@ -126,9 +126,9 @@ def close_client(address: str) -> None:
         client.close()
 
 
-def _local_cluster_kwargs(settings: Settings, pipeline: str | None = None) -> dict[str, Any]:
+def _local_cluster_kwargs(settings: Settings, warm_kernel: bool = False) -> dict[str, Any]:
     preload = ["layered.tasks.matmul_blocks", "layered.tasks.mnist_chunks"]
-    if pipeline in ("matmul", "mnist"):  # their kernel resolved as workers start (torch: 1.5 s)
+    if warm_kernel:  # the product kernel resolved as workers start (torch: 1.5 s)
         preload.append("layered.tasks.kernel_warm_up")
     return {
         "n_workers": settings.n_workers,
@@ -145,20 +145,20 @@ def _local_cluster_kwargs(settings: Settings, pipeline: str | None = None) -> di
     }
 
 
-def local_cluster(settings: Settings, pipeline: str | None = None, **options: Any) -> Any:
+def local_cluster(settings: Settings, warm_kernel: bool = False, **options: Any) -> Any:
     """A LocalCluster of ``settings.n_workers`` process workers (a context manager).
 
-    For ``pipeline="matmul"`` or ``"mnist"`` the workers resolve the product kernel as they
-    start (:mod:`layered.tasks.kernel_warm_up`). ``options`` are further LocalCluster
+    With ``warm_kernel`` (a run whose kernel may be torch) the workers resolve the product
+    kernel as they start (:mod:`layered.tasks.kernel_warm_up`). ``options`` are further LocalCluster
     arguments (``memory_limit="512MiB"``, say).
     """
     from distributed import LocalCluster
 
-    return LocalCluster(**{**_local_cluster_kwargs(settings, pipeline), **options})
+    return LocalCluster(**{**_local_cluster_kwargs(settings, warm_kernel), **options})
 
 
 def dask_task_runner(settings: Settings, address: str | None = None,
-                     pipeline: str | None = None) -> ClusterTaskRunner:
+                     warm_kernel: bool = False) -> ClusterTaskRunner:
     """The task runner of a flow on ``address`` (default ``settings.dask_address``).
 
     With no address, the runner starts a LocalCluster for the flow run and closes it after.
@@ -166,5 +166,5 @@ def dask_task_runner(settings: Settings, address: str | None = None,
     from layered.task_runner import ClusterTaskRunner
 
     address = address or settings.dask_address
-    kwargs = None if address else _local_cluster_kwargs(settings, pipeline)
+    kwargs = None if address else _local_cluster_kwargs(settings, warm_kernel)
     return ClusterTaskRunner(address, kwargs, timeout=settings.scheduler_timeout_s)

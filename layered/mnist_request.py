@@ -140,6 +140,12 @@ class MnistSpec:
     def trains(self) -> bool:
         return self.model_sha256 is None
 
+    @property
+    def work(self) -> int:
+        """Multiply-adds of the batch's first layer, at most: samples x inputs x 64 (the
+        widest first layer of the models ``layered run train`` makes)."""
+        return int(self.images.shape[0]) * int(np.prod(self.images.shape[1:])) * 64
+
 
 def resolve_mnist(
     request: MnistRequest, settings: Settings, stored: Mapping[str, Any] | None = None

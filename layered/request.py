@@ -172,6 +172,25 @@ def check_limits(
         raise ValueError(f"block_rows must be a positive integer, got {block_rows!r}")
 
 
+def run_kernel(kernel: str, device: str | None, work: int, settings: Settings) -> str:
+    """The kernel a pipeline run asks its workers for: ``kernel``, except that ``"auto"``
+    on the CPU becomes ``"numpy"`` for a run of fewer than ``settings.torch_min_work``
+    multiply-adds, which would not repay loading torch on each worker.
+
+    Examples
+    --------
+    >>> run_kernel("auto", None, 2048 * 2048 * 512, Settings())
+    'numpy'
+    >>> run_kernel("auto", None, 8192 * 8192 * 1024, Settings())
+    'auto'
+    >>> run_kernel("torch", None, 1, Settings())
+    'torch'
+    """
+    if kernel == "auto" and device in (None, "cpu") and work < settings.torch_min_work:
+        return "numpy"
+    return kernel
+
+
 def check_kernel(kernel: str, device: str | None) -> None:
     """Refuse a product kernel or device this machine cannot provide, before a run starts.
 

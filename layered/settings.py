@@ -76,6 +76,11 @@ class Settings:
     error_check_limit : int
         ``max_abs_error`` against the one-shot product is measured when ``M*K*N`` is at
         most this.
+    torch_min_work : int
+        Under ``--kernel auto``, a run uses the torch kernel only when its products
+        have at least this many multiply-adds (``M*K*N`` for a matmul): below it, loading
+        torch on each worker (about 1.5 s of CPU) costs more than its int8 products save,
+        so the run takes numpy. The library's ``kernel="auto"`` does not look at it.
     mnist_data : str
         MNIST-format data of the mnist and train pipelines: a directory, or ``"mnist"``
         (the official files, downloaded once into the user cache and verified).
@@ -107,6 +112,7 @@ class Settings:
     ordering: str = "anti-diagonal"
     block_rows: int = 256
     error_check_limit: int = 2**33
+    torch_min_work: int = 2**36
     mnist_data: str = "mnist"
     mnist_task: str = "even-odd"
     chunk_size: int = 2000
@@ -161,6 +167,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "ordering": str,
     "block_rows": int,
     "error_check_limit": int,
+    "torch_min_work": int,
     "mnist_data": str,
     "mnist_task": str,
     "chunk_size": int,

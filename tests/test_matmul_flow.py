@@ -421,18 +421,17 @@ def _kernel_state() -> tuple[bool, int]:
     return warm_up, kernels._kernel.cache_info().currsize
 
 
-def test_workers_of_matmul_and_mnist_clusters_resolve_the_kernel_as_they_start_others_do_not():
+def test_workers_of_a_cluster_for_torch_resolve_the_kernel_as_they_start_others_do_not():
     from distributed import Client
 
     from layered.cluster import local_cluster
     from layered.settings import Settings
 
     settings = Settings.from_env().replace(n_workers=1)
-    for pipeline in ("matmul", "mnist"):
-        with local_cluster(settings, pipeline=pipeline) as cluster, Client(cluster) as client:
-            deadline = time.time() + 120
-            while not all(state == (True, 1) for state in client.run(_kernel_state).values()):
-                assert time.time() < deadline, client.run(_kernel_state)
-                time.sleep(0.2)
-    with local_cluster(settings, pipeline="train") as cluster, Client(cluster) as client:
+    with local_cluster(settings, warm_kernel=True) as cluster, Client(cluster) as client:
+        deadline = time.time() + 120
+        while not all(state == (True, 1) for state in client.run(_kernel_state).values()):
+            assert time.time() < deadline, client.run(_kernel_state)
+            time.sleep(0.2)
+    with local_cluster(settings) as cluster, Client(cluster) as client:
         assert list(client.run(_kernel_state).values()) == [(False, 0)]
