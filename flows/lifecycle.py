@@ -70,12 +70,13 @@ class Clock:
 
 
 class Publisher:
-    """What the UI shows of a run, published off the layering's path.
+    """What the UI shows of a run (or what the store commits), done off the layering's path.
 
     Calls run in order on one thread, in the flow run's context (its logger, its
-    artifacts), so that the Prefect API's latency (tens of milliseconds an artifact)
-    neither delays the next resolution nor a stop at the deadline. Leaving the ``with``
-    block waits for them (and raises the first that failed, unless the block raised).
+    artifacts), so that the Prefect API's latency (tens of milliseconds an artifact) or a
+    commit's fsync neither delays the next resolution nor a stop at the deadline. Leaving
+    the ``with`` block waits for them (and raises the first that failed, unless the block
+    raised).
 
     Examples
     --------

@@ -148,15 +148,17 @@ def matmul_flow(
     if stored is None:
         check_room(spec, settings.store)
     kernel = run_kernel(kernel, device, math.prod(spec.shape), settings)
+    # What the UI shows is published off the layering's path (lifecycle.Publisher), and
+    # what is left of it at the end overlaps the error measurement and the plots.
     with lifecycle.running(runs, run_id, "matmul", spec.parameters, started_at,
-                           deadline_at) as run:
+                           deadline_at) as run, lifecycle.Publisher() as ui:
         prepared = _prepare(run, spec, settings, deadline_at, (kernel, device))
         if isinstance(prepared, Stop):
             stop = prepared
         else:
-            stop = _layer_resolutions(run, prepared, tolerance, deadline_at)
+            stop = _layer_resolutions(run, prepared, tolerance, deadline_at, ui)
             if flops_affordable(spec.shape, settings.error_check_limit):
-                _measure_errors(run, prepared)
+                _measure_errors(run, prepared, ui)
         return lifecycle.finish(run, runs, stop, plot=report.plot_matmul,
                                 summarize=matmul_summary, fields=SUMMARY_FIELDS)
 
@@ -166,16 +168,17 @@ def _tuple(values: list[Any] | None) -> tuple[Any, ...] | None:
 
 
 def _layer_resolutions(
-    run: Run, job: MatmulJob, tolerance: float | None, deadline_at: float | None
+    run: Run, job: MatmulJob, tolerance: float | None, deadline_at: float | None,
+    ui: lifecycle.Publisher,
 ) -> Stop:
     """The loop of the method: layer, persist, decide, repeat. Returns why it stopped."""
     total = job.order.resolutions
     entries = run.completed_resolutions()
     clock = lifecycle.Clock(entries)
     key = report.artifact_key("matmul", run.run_id)
-    # The UI, and the store's commits (an fsync of each array), run off the layering's
-    # path, each in order on its own thread; leaving the block waits for both.
-    with lifecycle.Publisher() as ui, lifecycle.Publisher() as store:
+    # The store's commits (an fsync of each array) run off the layering's path, in order
+    # on their own thread; leaving the block waits for them.
+    with lifecycle.Publisher() as store:
         progress = ui.submit(report.start_progress, key, len(entries), total)
         if entries:
             last = entries[-1]
@@ -221,7 +224,7 @@ def _layer_resolutions(
     return Stop("completed", time.time())
 
 
-def _measure_errors(run: Run, job: MatmulJob) -> None:
+def _measure_errors(run: Run, job: MatmulJob, ui: lifecycle.Publisher) -> None:
     """Record ``max_abs_error`` (against the one-shot float64 product of the truncated
     operands) and ``max_abs_error_float64`` (against the float64 one-shot ``W @ X`` of the
     operands as given) of the resolutions that lack them, both computed now (after the
@@ -235,8 +238,8 @@ def _measure_errors(run: Run, job: MatmulJob) -> None:
         run.record_measures(name, {
             e["resolution"]: error for e, error in zip(entries, values, strict=True)
         })
-    done = run.completed_resolutions()
-    report.publish_table(report.artifact_key("matmul", run.run_id), done, job.order.resolutions)
+    ui.submit(report.publish_table, report.artifact_key("matmul", run.run_id),
+              run.completed_resolutions(), job.order.resolutions)
 
 
 def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Future[UUID],
