@@ -11,8 +11,9 @@ Prints, in one run (each ``layered`` invocation a fresh process, as a user would
    and repeats;
 3. the overhead ``(flow wall - compute) / compute`` at 4096 x 4096 x 1024 and at the
    default 2048 x 2048 x 512, measured interleaved, median of ``--repeats``. Compute is
-   the whole :func:`layered_matmul` (every resolution, the default kernel, warm: the
-   kernel's one-time import and first call are made before any timing) on the same
+   the whole :func:`layered_matmul` (every resolution, with the kernel the run takes for
+   the shape, :func:`layered.request.run_kernel`; warm: the kernel's one-time import and
+   first call are made before any timing) on the same
    operands held in memory in this process. The flow wall is the flow run's time, so its
    overhead includes generating the operands to disk, splitting them on the workers,
    persisting every resolution, the error measurement (a float64 one-shot product, after
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -47,6 +49,7 @@ from typing import Any
 
 from layered.data.operands import synthetic_operands
 from layered.layering import Partition, layered_matmul
+from layered.request import run_kernel
 from layered.settings import Settings
 
 LAYERED = str(Path(sys.executable).with_name("layered"))
@@ -74,15 +77,17 @@ def load() -> str:
 
 
 def library_times(shape: tuple[int, int, int]) -> list[float]:
-    """Seconds each resolution takes in :func:`layered_matmul` on the default operands.
+    """Seconds each resolution takes in :func:`layered_matmul` on the default operands,
+    with the kernel ``layered run matmul`` takes for this shape (:func:`run_kernel`).
 
     The first call in a process also imports and warms the kernel (torch: about 1.5 s);
     :func:`main` makes it once, untimed, before measuring."""
     settings = Settings.from_env()
     W, X = synthetic_operands(shape, settings.seed, settings.value_bits)
     p = Partition.auto([2.0 ** (settings.value_bits - 1)], settings.bits)
+    kernel = run_kernel("auto", None, math.prod(shape), settings)
     times, t0 = [], time.perf_counter()
-    for _res in layered_matmul(W, X, p, p, ordering=settings.ordering):
+    for _res in layered_matmul(W, X, p, p, ordering=settings.ordering, kernel=kernel):
         now = time.perf_counter()
         times.append(now - t0)
         t0 = now
@@ -145,7 +150,8 @@ def main() -> None:
                        check=True, capture_output=True)
         mnist_runs = [timed_run(mnist, env) for _ in range(args.repeats)]
         subprocess.run([LAYERED, "server", "start"], env=env, check=True, capture_output=True)
-        library_times((256, 256, 64))  # the kernel's import and first call, untimed
+        for shape in (default, LARGE):  # each kernel's import and first call, untimed
+            library_times(shape)
         try:
             kept, orchestration = [], []
             overhead: dict[tuple[int, int, int], list[float]] = {default: [], LARGE: []}
@@ -195,9 +201,12 @@ def main() -> None:
           f" existing {median(existing, 'startup_s'):.1f} + {median(existing, 'flow_s'):.1f},"
           f" kept up {median(kept, 'startup_s'):.1f} + {median(kept, 'flow_s'):.1f},"
           f" mnist {median(mnist_runs, 'startup_s'):.1f} + {median(mnist_runs, 'flow_s'):.1f}")
-    print("compute (warm layered_matmul, all resolutions), medians:"
-          f" 2048x2048x512 {statistics.median(computes[default]):.3f} s,"
-          f" 4096x4096x1024 {statistics.median(computes[LARGE]):.3f} s")
+    settings = Settings.from_env()
+    kernels = {shape: run_kernel("auto", None, math.prod(shape), settings)
+               for shape in (default, LARGE)}
+    print("compute (warm layered_matmul, all resolutions, the run's kernel), medians:"
+          f" 2048x2048x512 {statistics.median(computes[default]):.3f} s ({kernels[default]}),"
+          f" 4096x4096x1024 {statistics.median(computes[LARGE]):.3f} s ({kernels[LARGE]})")
     print(f"load average after: {load()}")
     if args.json:
         results.update(fresh=fresh, existing=existing, kept=kept, mnist=mnist_runs,
