@@ -410,7 +410,7 @@ def _run_flow(
     at the end the cluster closes while the server stops.
     """
 
-    from layered.cluster import close_client, cluster_client, local_cluster
+    from layered.cluster import close_cluster, cluster_client, local_cluster
     from layered.server import prefect_api, wait_ready
 
     if settings.dask_address:  # connected now, and the same client serves the flow
@@ -428,7 +428,7 @@ def _run_flow(
         if address is None:
             cluster = local_cluster(settings, warm_kernel=warm_kernel)
             address = cluster.scheduler_address
-            stack.callback(closing.start, _close_cluster, cluster, close_client)
+            stack.callback(closing.start, close_cluster, cluster)
             cluster_client(address, settings.scheduler_timeout_s)
         wait_ready(api, settings.server_timeout_s)
         flow = getattr(flow_module.join(), name)
@@ -457,11 +457,6 @@ def _import_flow_module(module: str) -> Any:
     for name in ("fastapi.encoders", "matplotlib.figure"):
         importlib.import_module(name)
     return importlib.import_module(module)
-
-
-def _close_cluster(cluster: Any, close_client: Callable[[str], None]) -> None:
-    close_client(cluster.scheduler_address)
-    cluster.close()
 
 
 class _Background:

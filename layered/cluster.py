@@ -34,6 +34,7 @@ __all__ = [
     "connect_task_runner",
     "cluster_client",
     "close_client",
+    "close_cluster",
     "local_cluster",
     "dask_task_runner",
 ]
@@ -124,6 +125,12 @@ def close_client(address: str) -> None:
         client = _CLIENTS.pop(address, None)
     if client is not None:
         client.close()
+
+
+def close_cluster(cluster: Any) -> None:
+    """Close a LocalCluster this process started, after its client."""
+    close_client(cluster.scheduler_address)
+    cluster.close()
 
 
 def _local_cluster_kwargs(settings: Settings, warm_kernel: bool = False) -> dict[str, Any]:

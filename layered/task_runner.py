@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from layered.cluster import close_client, cluster_client
+from layered.cluster import close_cluster, cluster_client
 
 __all__ = ["ClusterTaskRunner"]
 
@@ -60,8 +60,7 @@ class ClusterTaskRunner(ThreadPoolTaskRunner):  # type: ignore[type-arg]
             super().__exit__(*exc)
         finally:
             if self._cluster is not None:
-                close_client(self._cluster.scheduler_address)
-                self._cluster.close()
+                close_cluster(self._cluster)
                 self._cluster = None
 
     def __eq__(self, other: object) -> bool:
