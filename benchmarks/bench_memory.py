@@ -16,7 +16,7 @@ worker could not hold W whole), and its peak memory above this process's start.
 Usage::
 
     python benchmarks/bench_memory.py [--rows 16384] [--columns 16384] [--n 16]
-                                      [--memory-limit 512MiB] [--block-rows 256]
+                                      [--memory-limit 512MiB] [--block-rows 512]
                                       [--json out.json]
 """
 

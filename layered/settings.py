@@ -110,7 +110,7 @@ class Settings:
     bits: tuple[int, ...] = (4, 4)
     float_bits: tuple[int, ...] = (7,) * 8
     ordering: str = "anti-diagonal"
-    block_rows: int = 256
+    block_rows: int = 512
     error_check_limit: int = 2**33
     torch_min_work: int = 2**36
     mnist_data: str = "mnist"

@@ -134,6 +134,17 @@ class SplitOperand:
     def clipped(self) -> int:
         return self.components.clipped
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the digits, and the kernel conversions and statistics made so far
+        (numpy arrays or the kernel's tensors)."""
+        def size(value: object) -> int:
+            if isinstance(value, tuple | list):
+                return sum(size(v) for v in value)
+            return int(getattr(value, "nbytes", 0))
+
+        return size(list(self.components.digits)) + size(list(self._prepared.values()))
+
     def prepared(self, i: int, dtype: np.dtype, kernel: ProductKernel) -> Any:
         key = ("digits", i, kernel.name, dtype.str)
         if key not in self._prepared:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,12 +149,13 @@ class ResolutionOutcome:
 
 # --------------------------------------------------------------------------- blocks
 #: Per worker process: row blocks of W split under their partition, by (operand file,
-#: its stamp, partition, rows) -> (split, off the grid), least recently used first, and
-#: the bytes they hold. Missing one (not kept, another worker) costs one split again.
+#: its stamp, partition, rows) -> (split, off the grid), in the order they were kept.
+#: Missing one (not kept, another worker) costs one split again.
 _SPLITS: OrderedDict[tuple[object, ...], tuple[SplitOperand, bool]] = OrderedDict()
-_SPLIT_BYTES: dict[tuple[object, ...], int] = {}
-#: The share of a worker's memory limit its split blocks may hold (without a limit: 1 GiB).
-SPLIT_SHARE, SPLIT_BYTES_UNLIMITED = 0.25, 1 << 30
+#: A worker keeps splits while its resident memory stays under this share of its limit
+#: (below Dask's own 60% spill threshold); without a limit, while they hold at most
+#: SPLIT_BYTES_UNLIMITED bytes.
+SPLIT_SHARE, SPLIT_BYTES_UNLIMITED = 0.5, 1 << 30
 
 
 def split_rows(job: MatmulJob, rows: tuple[int, int]) -> tuple[bool, bool]:
@@ -168,37 +169,41 @@ def split_rows(job: MatmulJob, rows: tuple[int, int]) -> tuple[bool, bool]:
 def _w_rows(job: MatmulJob, rows: tuple[int, int]) -> tuple[SplitOperand, bool]:
     key = (job.w.path, file_stamp(job.w.path), job.pw, rows)
     if key in _SPLITS:
-        _SPLITS.move_to_end(key)
         return _SPLITS[key]
     partition = job.pw.rows(*rows)
     components = partition.components(job.w.rows(*rows), name="W")
     held = SplitOperand.from_components(components, partition, name="W"), bool(
         components.off_grid)  # found by the split itself
-    # The digits and, made on first use, their conversions for the kernel (at most a
-    # float32 copy each): five bytes a value per component, counted up front.
-    size = (rows[1] - rows[0]) * job.w.shape[1] * 5 * len(components.digits)
-    budget = _split_budget()
-    # Room is made from other operands' blocks (oldest first), never from this operand's:
-    # the resolutions visit its blocks in the same order each time, so evicting the
-    # oldest block for the newest would miss every one; the blocks beyond the budget are
-    # split again at each resolution instead.
-    for other in [k for k in _SPLITS if k[:3] != key[:3]]:
-        if sum(_SPLIT_BYTES.values()) + size <= budget:
-            break
-        del _SPLITS[other], _SPLIT_BYTES[other]
-    if sum(_SPLIT_BYTES.values()) + size <= budget:
-        _SPLITS[key], _SPLIT_BYTES[key] = held, size
+    _SPLITS[key] = held
+    _trim(key)
     return held
 
 
-def _split_budget() -> int:
+def _trim(current: tuple[object, ...]) -> None:
+    """Drop kept splits while they take more than their share: other operands' first, then
+    the last kept of this one's. Never the first kept of this operand's: the resolutions
+    visit its blocks in the same order each time, so dropping the oldest for the newest
+    would miss every one; the blocks beyond the share are split again each time instead.
+    Called when a split is kept and after each block (its kernel conversions grow it)."""
+    over = _over_share()
+    while _SPLITS and over():
+        others = [k for k in _SPLITS if k[:3] != current[:3]]
+        del _SPLITS[others[0] if others else next(reversed(_SPLITS))]
+
+
+def _over_share() -> Callable[[], bool]:
     try:
         from distributed import get_worker
 
         limit = get_worker().memory_manager.memory_limit
     except (ImportError, ValueError):  # not on a worker
         limit = None
-    return int(limit * SPLIT_SHARE) if limit else SPLIT_BYTES_UNLIMITED
+    if limit:
+        import psutil
+
+        process = psutil.Process()
+        return lambda: process.memory_info().rss > limit * SPLIT_SHARE
+    return lambda: sum(split.nbytes for split, _ in _SPLITS.values()) > SPLIT_BYTES_UNLIMITED
 
 
 @functools.lru_cache(maxsize=2)
@@ -285,6 +290,7 @@ def layer_block(
         _KEPT[key] = (resolution + 1, kept)
         while len(_KEPT) > _KEPT_ENTRIES:
             _KEPT.popitem(last=False)
+    _trim((job.w.path, file_stamp(job.w.path), job.pw, rows))
     write_rows(out.estimate, rows, res.estimate)
     write_rows(out.bound, rows, res.bound)
     return ResolutionOutcome(

@@ -102,15 +102,19 @@ def test_blocks_kept_split_on_a_worker_or_split_again_give_layered_matmul(tmp_pa
     job = MatmulJob(open_operand(str(tmp_path / "W.npy"), "W"),
                     open_operand(str(tmp_path / "X.npy"), "X"), pw, px, order, block_rows=16)
     direct = list(layered_matmul(W, X, pw, px, ordering=order))
-    # a budget for one block of 16 x 24 values (5 bytes per value and component): the
+    # room for the first block with every kernel conversion it makes, not for two: the
     # first block is kept, the others are split again at every resolution
-    monkeypatch.setattr(blocks, "SPLIT_BYTES_UNLIMITED", 16 * 24 * 5 * pw.m)
+    whole = SplitOperand(W[:16], pw, name="W")
+    x = SplitOperand(X, px, name="X")
+    previous, kept = None, None
+    for r in range(1, order.resolutions + 1):  # with the products a job's blocks keep
+        res, kept = resolution_block(whole, x, order, r, previous, kept=kept, reuse=job.reuse)
+        previous = res.estimate
+    monkeypatch.setattr(blocks, "SPLIT_BYTES_UNLIMITED", whole.nbytes * 11 // 10)
     monkeypatch.setattr(blocks, "_SPLITS", type(blocks._SPLITS)())
-    monkeypatch.setattr(blocks, "_SPLIT_BYTES", {})
     assert [split_rows(job, rows) for rows in job.blocks()] == [
         (False, True), (True, True), (False, True)]
     kept = blocks._w_rows(job, (0, 16))[0]
-    assert list(blocks._SPLITS) == [(job.w.path, *list(blocks._SPLITS)[0][1:3], (0, 16))]
     previous = None
     for res in direct:
         staged = StagedResolution(str(tmp_path / f"e{res.resolution}.npy"),
@@ -126,7 +130,9 @@ def test_blocks_kept_split_on_a_worker_or_split_again_give_layered_matmul(tmp_pa
         if res.resolution % 2:
             Path(staged.estimate).rename(final)
         previous = (staged.estimate, str(final))
-    assert blocks._w_rows(job, (0, 16))[0] is kept and len(blocks._SPLITS) == 1
+    # the blocks' conversions for the kernel made room for the first block only
+    assert [key[-1] for key in blocks._SPLITS] == [(0, 16)]
+    assert blocks._w_rows(job, (0, 16))[0] is kept
 
 
 def test_decide_stops_at_the_last_resolution_the_tolerance_or_the_deadline():
