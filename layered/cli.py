@@ -68,10 +68,12 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     return parser
 
 
-def _kernel_options(p: argparse.ArgumentParser) -> None:
+def _kernel_options(p: argparse.ArgumentParser, defaults: Settings) -> None:
     p.add_argument("--kernel", choices=("auto", "numpy", "torch"), default="auto",
                    help="product kernel on the workers: auto (default) picks the fastest"
-                   " exact one there; torch needs the torch extra; results are identical")
+                   " exact one there, numpy for a run below LAYERED_TORCH_MIN_WORK"
+                   f" ({defaults.torch_min_work:.3g}) multiply-adds, which would not repay"
+                   " loading torch; torch needs the torch extra; results are identical")
     p.add_argument("--device", choices=("cpu", "cuda"),
                    help="where products run (default: the kernel's choice)")
 
@@ -126,7 +128,7 @@ def _add_matmul(pipelines: Any, defaults: Settings) -> None:
     p.add_argument("--block-rows", type=int, metavar="N", default=defaults.block_rows,
                    help="rows of W per Dask block; a deadline is honoured within one"
                    f" block's time (default {defaults.block_rows})")
-    _kernel_options(p)
+    _kernel_options(p, defaults)
     _common(p, defaults)
     p.set_defaults(handler=_run_matmul)
 
@@ -161,7 +163,7 @@ def _add_mnist(pipelines: Any, defaults: Settings) -> None:
     p.add_argument("--chunk-size", type=int, metavar="N",
                    help="samples per Dask block; a deadline is honoured within one chunk's"
                    f" time (default {defaults.chunk_size})")
-    _kernel_options(p)
+    _kernel_options(p, defaults)
     _common(p, defaults)
     p.set_defaults(handler=_run_mnist)
 
