@@ -22,6 +22,7 @@ SIGTERM (the run is marked Crashed; resume it with --run-id).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from layered.flows import signals
 from layered.settings import Settings, SettingsError
@@ -620,5 +621,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGTERM
 
 
+def console() -> NoReturn:
+    """The ``layered`` console script: :func:`main`, then a prompt exit with its status.
+
+    Once a run has returned, Python's own finalization (freeing every module Prefect, Dask
+    and numpy loaded: about 0.8 s here) is skipped: the threads still running are joined,
+    the exit handlers run (Prefect's services send the events and logs they hold), the
+    streams are flushed, and the process ends. An exception or ``SystemExit`` (``--help``,
+    usage errors) ends it the usual way.
+    """
+    code = main()
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

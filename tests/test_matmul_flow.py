@@ -345,6 +345,46 @@ def _task_runs(flow_run_id):
     return {run.name: run.state_name for run in runs}
 
 
+@pytest.mark.slow
+def test_the_console_script_exits_promptly_and_its_runs_events_and_logs_reach_the_api(
+    prefect_api, local_cluster_address, tmp_path
+):
+    """The ``layered`` script skips Python's finalization after a run: what Prefect's
+    services held (task-run events, log lines) must still reach the API first."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    run_id = "matmul-console-exit"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("layered")), "run", "matmul", "--shape", "96",
+         "64", "16", "--address", local_cluster_address, "--store", str(tmp_path / "runs"),
+         "--run-id", run_id], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    with get_client(sync_client=True) as client:
+        (flow_run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
+    expected = {f"{kind}-{r}" for kind in ("resolution", "decide") for r in (1, 2, 3)}
+    deadline = time.time() + 30  # the server records task runs from their events
+    while not expected <= set(names := _task_runs(flow_run.id)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert expected <= set(names), names
+    assert all(names[n] == "Completed" for n in expected), names
+    with get_client(sync_client=True) as client:
+        logs = [log.message for log in client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))]
+    assert "decision after resolution 3/3: stop (completed)" in logs, logs
+
+
 def test_deadline_stops_the_run_cancelled_keeping_its_best_resolution(
     tolerance_stopped_run, local_cluster_address, run_matmul, tmp_path
 ):
