@@ -72,8 +72,9 @@ INT8_ENGINE_FLAGS = ("avx512_vnni", "amx_int8")
 
 # Row blocks for reading one operand once against several others: about half an L2 cache.
 _PANEL_BLOCK_BYTES = 1 << 22
-# Row blocks of the float64 accumulation and bound arithmetic: temporaries stay in cache.
-_ROW_BLOCK_ELEMENTS = 1 << 13
+# Row blocks of the float64 accumulation and bound arithmetic: temporaries stay in cache,
+# and a block is large enough that numpy's per-call overhead is small against its work.
+_ROW_BLOCK_ELEMENTS = 1 << 15
 
 _TORCH_INSTALL = 'pip install -e ".[torch]"'
 
@@ -197,7 +198,7 @@ class NumpyKernel:
             return digits
         out = np.empty(digits.shape, dtype=dtype)
         flat, source = out.reshape(-1), np.asarray(digits).reshape(-1)
-        rows = _ROW_BLOCK_ELEMENTS * 4
+        rows = _ROW_BLOCK_ELEMENTS
 
         def convert(start: int, stop: int) -> None:
             flat[start * rows : stop * rows] = source[start * rows : stop * rows]
@@ -259,7 +260,8 @@ class NumpyKernel:
             rows = out[start:stop]
             by_row = rescale.row_scales(start, stop) if fused and rescale is not None else 1.0
             for k, (exponent, signed) in enumerate(terms):
-                target = rows if k == 0 else np.empty_like(rows)
+                target = rows if k == 0 else scratch("combine", rows.size, np.float64
+                                                      ).reshape(rows.shape)
                 _scaled_sum(signed, by_row * math.ldexp(1.0, exponent), start, stop, target)
                 if k:
                     np.add(rows, target, out=rows)
@@ -277,14 +279,20 @@ class NumpyKernel:
     def bound(self, row_sum: np.ndarray, row_max: np.ndarray, col_sum: np.ndarray,
               col_max: np.ndarray, slack: float) -> Any:
         # Row blocks, on every core: the two outer products of a block stay in cache,
-        # only the result is written to memory.
+        # only the result is written to memory. One remaining pair is a plain outer
+        # product (the same single rounding as a GEMM of inner size one, without BLAS's
+        # overhead for it).
         m, n = row_sum.shape[0], col_sum.shape[1]
         out = np.empty((m, n), dtype=np.float64)
         col_max, col_sum = col_max * slack, col_sum * slack
+        outer = np.multiply if row_sum.shape[1] == 1 else np.matmul
 
         def block(start: int, stop: int) -> None:
-            by_rows = row_sum[start:stop] @ col_max
-            np.minimum(by_rows, row_max[start:stop] @ col_sum, out=out[start:stop])
+            rows = out[start:stop]
+            other = scratch("bound", rows.size, np.float64).reshape(rows.shape)
+            outer(row_sum[start:stop], col_max, out=rows)
+            outer(row_max[start:stop], col_sum, out=other)
+            np.minimum(rows, other, out=rows)
 
         over_row_blocks(m, _rows_per_block((m, n)), block)
         return out
@@ -297,13 +305,17 @@ def _scaled_sum(signed: list[tuple[int, Any]], scale: float | np.ndarray, start:
                 stop: int, out: np.ndarray) -> None:
     """``out = scale * Σ sign * product[start:stop]`` in float64.
 
-    The sum is exact: products of integer dtypes beyond float64's integers (int64) are
-    added in their own dtype and converted once, the others are exact in float64.
-    ``scale`` is a power of two, or a column of them (one per row).
+    The sum is exact: products of integer dtypes (int32 sums of int8 products, int64) are
+    added in their own dtype, where the step's sum is exact (it is bounded like each
+    product; int32 wraps around exactly), and converted once; float products are exact in
+    float64. ``scale`` is a power of two, or a column of them (one per row).
     """
     (sign, first), rest = signed[0], signed[1:]
-    if rest and np.asarray(first).dtype == np.int64:
-        whole = first[start:stop] * sign
+    dtype = np.asarray(first).dtype
+    if rest and dtype.kind == "i":
+        part = first[start:stop]
+        whole = scratch("scaled-sum", part.size, dtype).reshape(part.shape)
+        np.multiply(part, sign, out=whole)
         for sign, product in rest:
             (np.add if sign > 0 else np.subtract)(whole, product[start:stop], out=whole)
         np.multiply(whole, scale, out=out, dtype=np.float64)
