@@ -309,6 +309,9 @@ def _scaled_sum(signed: list[tuple[int, Any]], scale: float | np.ndarray, start:
     added in their own dtype, where the step's sum is exact (it is bounded like each
     product; int32 wraps around exactly), and converted once; float products are exact in
     float64. ``scale`` is a power of two, or a column of them (one per row).
+
+    Conversions are plain copies and the scale a product in float64: numpy's mixed-dtype
+    arithmetic goes through buffered casts, several times slower.
     """
     (sign, first), rest = signed[0], signed[1:]
     dtype = np.asarray(first).dtype
@@ -318,13 +321,24 @@ def _scaled_sum(signed: list[tuple[int, Any]], scale: float | np.ndarray, start:
         np.multiply(part, sign, out=whole)
         for sign, product in rest:
             (np.add if sign > 0 else np.subtract)(whole, product[start:stop], out=whole)
-        np.multiply(whole, scale, out=out, dtype=np.float64)
+        out[...] = whole
+        _scale(out, scale)
         return
-    np.multiply(first[start:stop], sign * (1.0 if rest else scale), out=out, dtype=np.float64)
+    out[...] = first[start:stop]
+    if not rest:
+        _scale(out, scale if sign > 0 else -scale)
+        return
+    if sign < 0:
+        np.negative(out, out=out)
+    wide = scratch("scaled-sum-wide", out.size, np.float64).reshape(out.shape)
     for sign, product in rest:
-        (np.add if sign > 0 else np.subtract)(out, product[start:stop], out=out,
-                                              dtype=np.float64)
-    if rest and not (isinstance(scale, float) and scale == 1.0):
+        wide[...] = product[start:stop]
+        (np.add if sign > 0 else np.subtract)(out, wide, out=out)
+    _scale(out, scale)
+
+
+def _scale(out: np.ndarray, scale: float | np.ndarray) -> None:
+    if not (isinstance(scale, float) and scale == 1.0):
         np.multiply(out, scale, out=out)
 
 
