@@ -483,8 +483,11 @@ class TorchKernel(NumpyKernel):
             out = torch._int_mm(a.tensor, b.as_right(a.tensor.shape[1]))
             return out[: a.rows, : b.cols]
         if isinstance(a, np.ndarray) and a.dtype == np.int8:
-            out = torch._int_mm(torch.from_numpy(a), torch.from_numpy(b))
-            return out.numpy()
+            # numpy's large arrays are advised onto huge pages, torch's are not: first
+            # touching the product costs several times less in numpy's memory
+            out = np.empty((a.shape[0], b.shape[1]), dtype=np.int32)
+            torch._int_mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+            return out
         if self.resident and isinstance(a, np.ndarray):
             return torch.from_numpy(np.matmul(a, b)).to(self.device)
         return a @ b
