@@ -479,8 +479,8 @@ class Partition:
     def _scratch(self, flat: np.ndarray, size: int, shifts: _Shifts | None = None
                  ) -> list[np.ndarray]:
         """Block-sized buffers for :meth:`_split_block`: four integer ones (``T_m``, its
-        sign, ``T_k``, ``T_k`` shifted), three floats, and for a scaled partition the
-        shifted block's scales and their indices.
+        sign, ``T_k``, ``T_k`` shifted), two floats, one of flags (off the grid), and for
+        a scaled partition the shifted block's scales and their indices.
 
         Kept per thread and reused: fresh pages would cost more than the work.
         """
@@ -491,7 +491,8 @@ class Partition:
         floats = (flat.dtype if flat.dtype.kind == "f" and shifts is None
                   else np.dtype(np.float64))
         buffers = [scratch(f"split-{k}", size, ints) for k in range(4)] + [
-            scratch(f"split-{k}", size, floats) for k in range(4, 7)]
+            scratch(f"split-{k}", size, floats) for k in range(4, 6)] + [
+            scratch("split-dropped", size, np.bool_)]
         if shifts is not None:
             buffers += [scratch("split-scales", size, np.float64),
                         scratch("split-index", size, np.intp)]
@@ -508,7 +509,7 @@ class Partition:
         """
         block = flat[block_range]
         size = block.size
-        t, sign, current, shifted, scaled, whole, converted = (s[:size] for s in scratch[:7])
+        t, sign, current, shifted, scaled, converted, dropped = (s[:size] for s in scratch[:7])
         if block.dtype.kind not in "f":
             converted[...] = block  # integers and booleans: exact below 2**53
             block = converted
@@ -524,8 +525,8 @@ class Partition:
         values = block if scale == 1.0 else np.multiply(block, scale, out=scaled)
         t[...] = values  # T_m: the conversion truncates toward zero
         off_grid = False
-        if not seen_off_grid and not np.array_equal(values, np.trunc(values, out=whole)):
-            off_grid = True
+        if not seen_off_grid and np.not_equal(values, t, out=dropped).any():
+            off_grid = True  # (the comparison converts T_m to values' dtype, exactly)
             seen_off_grid.append(True)
         # T_k = trunc(T_m / 2**s): an arithmetic shift rounds toward -inf, so negative
         # values get 2**s - 1 added first
