@@ -44,9 +44,11 @@ _MAX_OFFSET = 1200
 # partition (p_0 - p_m bits) must fit in a signed 64-bit integer.
 _MAX_SPAN_BITS = 62
 
-# Elements per block when splitting: large enough to amortise numpy call overhead, small
-# enough that the temporaries stay in cache.
-_BLOCK = 1 << 16
+# Elements per block when splitting: large enough that numpy's per-call overhead, and the
+# threads' wait for the GIL between calls, stay small against the work; the temporaries
+# (a few MiB per thread) then live in L3 rather than L2. 8192x8192 float64 split in 2**16
+# element blocks took 163 ms here, in 2**18 111 ms, in 2**19 104 ms.
+_BLOCK = 1 << 18
 
 
 class PartitionRangeError(ValueError):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layered.layering import Partition, PartitionRangeError
+from layered.layering import Partition, PartitionRangeError, partition
 
 
 def test_worked_example_from_the_method():
@@ -169,8 +169,9 @@ def test_split_reports_max_and_whether_anything_was_dropped(p, seed, dtype, on_g
         np.testing.assert_array_equal(got, want)
 
 
-def test_split_of_a_large_array_matches_truncation_and_names_a_late_bad_value():
+def test_split_of_a_large_array_matches_truncation_and_names_a_late_bad_value(monkeypatch):
     # many blocks, split on several threads
+    monkeypatch.setattr(partition, "_BLOCK", 1 << 14)
     p = Partition((8, 4, 0, -2))
     a = np.random.default_rng(3).uniform(-255, 255, (700, 1000))
     comps = p.components(a)
@@ -206,7 +207,9 @@ def test_split_in_integers_matches_truncation_for_every_span(points):
 
 
 @pytest.mark.parametrize("shape", [(700, 1000), (3, 1), (1, 70000), (40, 65536)])
-def test_row_statistics_found_while_splitting_are_those_of_the_digits(shape):
+def test_row_statistics_found_while_splitting_are_those_of_the_digits(shape, monkeypatch):
+    # many blocks of whole rows; rows larger than a block get no statistics
+    monkeypatch.setattr(partition, "_BLOCK", 1 << 16)
     p = Partition((8, 4, 0, -2))
     a = np.random.default_rng(5).uniform(-255, 255, shape)
     comps = p.components(a, row_stats=True)
