@@ -77,6 +77,10 @@ _PANEL_BLOCK_BYTES = 1 << 22
 # the work (temporaries of 2 MiB per thread, in L3). At 2048x2048 the four kinds of
 # blocks took 41 ms in all with 2**15 elements, 34 ms with 2**17, 32 ms with 2**18 here.
 _ROW_BLOCK_ELEMENTS = 1 << 18
+# OpenBLAS runs a GEMM of fewer multiply-adds than this on the calling thread; a larger one
+# starts its own threads, which inside the row blocks' threads oversubscribe the cores (and
+# spin after the call), several times slower.
+_BLAS_ONE_THREAD = 1 << 18
 
 _TORCH_INSTALL = 'pip install -e ".[torch]"'
 
@@ -284,10 +288,13 @@ class NumpyKernel:
         # only the result is written to memory. One remaining pair is a plain outer
         # product (the same single rounding as a GEMM of inner size one, without BLAS's
         # overhead for it).
-        m, n = row_sum.shape[0], col_sum.shape[1]
+        m, (pairs, n) = row_sum.shape[0], col_sum.shape
         out = np.empty((m, n), dtype=np.float64)
         col_max, col_sum = col_max * slack, col_sum * slack
-        outer = np.multiply if row_sum.shape[1] == 1 else np.matmul
+        outer = np.multiply if pairs == 1 else np.matmul
+        rows = _rows_per_block((m, n))
+        if pairs > 1:  # a GEMM small enough that BLAS runs it on this thread
+            rows = max(1, min(rows, _BLAS_ONE_THREAD // max(1, n * pairs)))
 
         def block(start: int, stop: int) -> None:
             rows = out[start:stop]
@@ -296,7 +303,7 @@ class NumpyKernel:
             outer(row_max[start:stop], col_sum, out=other)
             np.minimum(rows, other, out=rows)
 
-        over_row_blocks(m, _rows_per_block((m, n)), block)
+        over_row_blocks(m, rows, block)
         return out
 
     def to_host(self, array: Any) -> np.ndarray:
