@@ -72,8 +72,15 @@ INT8_ENGINE_FLAGS = ("avx512_vnni", "amx_int8")
 
 # Row blocks for reading one operand once against several others: about half an L2 cache.
 _PANEL_BLOCK_BYTES = 1 << 22
-# Row blocks of the float64 accumulation and bound arithmetic: temporaries stay in cache.
-_ROW_BLOCK_ELEMENTS = 1 << 13
+# Row blocks of the float64 accumulation and bound arithmetic: large enough that numpy's
+# per-call overhead, and the threads' wait for the GIL between calls, stay small against
+# the work (temporaries of 2 MiB per thread, in L3). At 2048x2048 the four kinds of
+# blocks took 41 ms in all with 2**15 elements, 34 ms with 2**17, 32 ms with 2**18 here.
+_ROW_BLOCK_ELEMENTS = 1 << 18
+# OpenBLAS runs a GEMM of fewer multiply-adds than this on the calling thread; a larger one
+# starts its own threads, which inside the row blocks' threads oversubscribe the cores (and
+# spin after the call), several times slower.
+_BLAS_ONE_THREAD = 1 << 18
 
 _TORCH_INSTALL = 'pip install -e ".[torch]"'
 
@@ -197,7 +204,7 @@ class NumpyKernel:
             return digits
         out = np.empty(digits.shape, dtype=dtype)
         flat, source = out.reshape(-1), np.asarray(digits).reshape(-1)
-        rows = _ROW_BLOCK_ELEMENTS * 4
+        rows = _ROW_BLOCK_ELEMENTS
 
         def convert(start: int, stop: int) -> None:
             flat[start * rows : stop * rows] = source[start * rows : stop * rows]
@@ -259,7 +266,8 @@ class NumpyKernel:
             rows = out[start:stop]
             by_row = rescale.row_scales(start, stop) if fused and rescale is not None else 1.0
             for k, (exponent, signed) in enumerate(terms):
-                target = rows if k == 0 else np.empty_like(rows)
+                target = rows if k == 0 else scratch("combine", rows.size, np.float64
+                                                      ).reshape(rows.shape)
                 _scaled_sum(signed, by_row * math.ldexp(1.0, exponent), start, stop, target)
                 if k:
                     np.add(rows, target, out=rows)
@@ -277,16 +285,25 @@ class NumpyKernel:
     def bound(self, row_sum: np.ndarray, row_max: np.ndarray, col_sum: np.ndarray,
               col_max: np.ndarray, slack: float) -> Any:
         # Row blocks, on every core: the two outer products of a block stay in cache,
-        # only the result is written to memory.
-        m, n = row_sum.shape[0], col_sum.shape[1]
+        # only the result is written to memory. One remaining pair is a plain outer
+        # product (the same single rounding as a GEMM of inner size one, without BLAS's
+        # overhead for it).
+        m, (pairs, n) = row_sum.shape[0], col_sum.shape
         out = np.empty((m, n), dtype=np.float64)
         col_max, col_sum = col_max * slack, col_sum * slack
+        outer = np.multiply if pairs == 1 else np.matmul
+        rows = _rows_per_block((m, n))
+        if pairs > 1:  # a GEMM small enough that BLAS runs it on this thread
+            rows = max(1, min(rows, _BLAS_ONE_THREAD // max(1, n * pairs)))
 
         def block(start: int, stop: int) -> None:
-            by_rows = row_sum[start:stop] @ col_max
-            np.minimum(by_rows, row_max[start:stop] @ col_sum, out=out[start:stop])
+            rows = out[start:stop]
+            other = scratch("bound", rows.size, np.float64).reshape(rows.shape)
+            outer(row_sum[start:stop], col_max, out=rows)
+            outer(row_max[start:stop], col_sum, out=other)
+            np.minimum(rows, other, out=rows)
 
-        over_row_blocks(m, _rows_per_block((m, n)), block)
+        over_row_blocks(m, rows, block)
         return out
 
     def to_host(self, array: Any) -> np.ndarray:
@@ -297,22 +314,40 @@ def _scaled_sum(signed: list[tuple[int, Any]], scale: float | np.ndarray, start:
                 stop: int, out: np.ndarray) -> None:
     """``out = scale * Σ sign * product[start:stop]`` in float64.
 
-    The sum is exact: products of integer dtypes beyond float64's integers (int64) are
-    added in their own dtype and converted once, the others are exact in float64.
-    ``scale`` is a power of two, or a column of them (one per row).
+    The sum is exact: products of integer dtypes (int32 sums of int8 products, int64) are
+    added in their own dtype, where the step's sum is exact (it is bounded like each
+    product; int32 wraps around exactly), and converted once; float products are exact in
+    float64. ``scale`` is a power of two, or a column of them (one per row).
+
+    Conversions are plain copies and the scale a product in float64: numpy's mixed-dtype
+    arithmetic goes through buffered casts, several times slower.
     """
     (sign, first), rest = signed[0], signed[1:]
-    if rest and np.asarray(first).dtype == np.int64:
-        whole = first[start:stop] * sign
+    dtype = np.asarray(first).dtype
+    if rest and dtype.kind == "i":
+        part = first[start:stop]
+        whole = scratch("scaled-sum", part.size, dtype).reshape(part.shape)
+        np.multiply(part, sign, out=whole)
         for sign, product in rest:
             (np.add if sign > 0 else np.subtract)(whole, product[start:stop], out=whole)
-        np.multiply(whole, scale, out=out, dtype=np.float64)
+        out[...] = whole
+        _scale(out, scale)
         return
-    np.multiply(first[start:stop], sign * (1.0 if rest else scale), out=out, dtype=np.float64)
+    out[...] = first[start:stop]
+    if not rest:
+        _scale(out, scale if sign > 0 else -scale)
+        return
+    if sign < 0:
+        np.negative(out, out=out)
+    wide = scratch("scaled-sum-wide", out.size, np.float64).reshape(out.shape)
     for sign, product in rest:
-        (np.add if sign > 0 else np.subtract)(out, product[start:stop], out=out,
-                                              dtype=np.float64)
-    if rest and not (isinstance(scale, float) and scale == 1.0):
+        wide[...] = product[start:stop]
+        (np.add if sign > 0 else np.subtract)(out, wide, out=out)
+    _scale(out, scale)
+
+
+def _scale(out: np.ndarray, scale: float | np.ndarray) -> None:
+    if not (isinstance(scale, float) and scale == 1.0):
         np.multiply(out, scale, out=out)
 
 
@@ -457,8 +492,11 @@ class TorchKernel(NumpyKernel):
             out = torch._int_mm(a.tensor, b.as_right(a.tensor.shape[1]))
             return out[: a.rows, : b.cols]
         if isinstance(a, np.ndarray) and a.dtype == np.int8:
-            out = torch._int_mm(torch.from_numpy(a), torch.from_numpy(b))
-            return out.numpy()
+            # numpy's large arrays are advised onto huge pages, torch's are not: first
+            # touching the product costs several times less in numpy's memory
+            out = np.empty((a.shape[0], b.shape[1]), dtype=np.int32)
+            torch._int_mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+            return out
         if self.resident and isinstance(a, np.ndarray):
             return torch.from_numpy(np.matmul(a, b)).to(self.device)
         return a @ b

@@ -84,7 +84,9 @@ class SplitOperand:
             raise ValueError(f"{name} must be a 2-D array, got shape {arr.shape}")
         if arr.size == 0:
             raise ValueError(f"{name} is empty (shape {arr.shape})")
-        self._hold(partition.components(arr, clip=clip, name=name), partition, name)
+        # the left operand's bounds read its rows' digit statistics: found while splitting
+        components = partition.components(arr, clip=clip, name=name, row_stats=name != "X")
+        self._hold(components, partition, name)
 
     @classmethod
     def from_components(
@@ -129,6 +131,10 @@ class SplitOperand:
         self.components: Components = components
         self._prepared: dict[tuple[object, ...], Any] = {}
         self._abs_max: float | None = None
+        for i, stats in enumerate(components.row_stats or ()):
+            found = stats.astype(np.float64)
+            found *= math.ldexp(1.0, components.exponents[i])  # as _abs_stats gives them
+            self._prepared[("stats", i, 1)] = found
 
     @property
     def clipped(self) -> int:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layered.layering import Partition, PartitionRangeError
+from layered.layering import Partition, PartitionRangeError, partition
 
 
 def test_worked_example_from_the_method():
@@ -169,8 +169,9 @@ def test_split_reports_max_and_whether_anything_was_dropped(p, seed, dtype, on_g
         np.testing.assert_array_equal(got, want)
 
 
-def test_split_of_a_large_array_matches_truncation_and_names_a_late_bad_value():
+def test_split_of_a_large_array_matches_truncation_and_names_a_late_bad_value(monkeypatch):
     # many blocks, split on several threads
+    monkeypatch.setattr(partition, "_BLOCK", 1 << 14)
     p = Partition((8, 4, 0, -2))
     a = np.random.default_rng(3).uniform(-255, 255, (700, 1000))
     comps = p.components(a)
@@ -186,3 +187,37 @@ def test_split_of_a_large_array_matches_truncation_and_names_a_late_bad_value():
         p.components(a)
     clipped = p.components(np.full(a.shape, 400.0), clip=True)
     assert clipped.clipped == a.size and clipped.abs_max is None
+
+
+@pytest.mark.parametrize("points", [(8, 4, 0), (14, 7, 0), (24, 9, 1, -7), (40, 20, 0),
+                                    (20, 0, -20)])
+def test_split_in_integers_matches_truncation_for_every_span(points):
+    # spans up to 15 bits shift in int16, up to 31 in int32, beyond in int64; values at
+    # the edges of the range and of every component, of both signs
+    p = Partition(points)
+    rng = np.random.default_rng(len(points))
+    top = p.limit - p.resolution
+    edges = [top, -top, p.resolution, -p.resolution, 0.0] + [
+        s * math.ldexp(1.0, e) for e in p.exponents for s in (1, -1)]
+    a = np.concatenate([edges, rng.uniform(-1, 1, 500) * p.limit])
+    comps = p.components(a)
+    for got, want in zip(comps.digits, reference_digits(p, a), strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype.itemsize * 8 > math.log2(max(1.0, float(np.max(np.abs(want)))))
+
+
+@pytest.mark.parametrize("shape", [(700, 1000), (3, 1), (1, 70000), (40, 65536)])
+def test_row_statistics_found_while_splitting_are_those_of_the_digits(shape, monkeypatch):
+    # many blocks of whole rows; rows larger than a block get no statistics
+    monkeypatch.setattr(partition, "_BLOCK", 1 << 16)
+    p = Partition((8, 4, 0, -2))
+    a = np.random.default_rng(5).uniform(-255, 255, shape)
+    comps = p.components(a, row_stats=True)
+    assert p.components(a).row_stats is None  # only when asked for
+    if shape[1] > 1 << 16:
+        assert comps.row_stats is None  # a row larger than a block: left to the reader
+        return
+    assert comps.row_stats is not None
+    for digits, stats in zip(comps.digits, comps.row_stats, strict=True):
+        mag = np.abs(digits.astype(np.int64))
+        np.testing.assert_array_equal(stats, [mag.sum(axis=1), mag.max(axis=1)])

@@ -255,3 +255,17 @@ def test_unknown_bound_kind_and_mismatched_split():
     w = SplitOperand(np.ones((1, 1)), Partition((3, 0)), name="W")
     with pytest.raises(ValueError, match=r"split under \(3, 0\)"):
         list(layered_matmul(w, np.ones((1, 1)), p, p))
+
+
+def test_left_operand_row_statistics_from_the_split_equal_those_read_from_its_digits():
+    from layered.layering.product import _abs_stats
+
+    p = Partition((8, 4, 0, -2))
+    W = np.random.default_rng(11).uniform(-255, 255, (300, 700))
+    w = SplitOperand(W, p, name="W")
+    for i in range(p.m):
+        scale = 2.0 ** p.exponents[i]
+        want = _abs_stats(w.components.digits[i], 1, scale)
+        for got, expected in zip(w.abs_stats(i, axis=1), want, strict=True):
+            assert got.dtype == np.float64
+            np.testing.assert_array_equal(got, expected)
