@@ -48,6 +48,7 @@ __all__ = [
     "resolve_kernel",
     "exact_dtype",
     "cpu_flags",
+    "thread_count",
     "FLOAT32_EXACT",
     "FLOAT64_EXACT",
     "INT32_EXACT",
@@ -372,15 +373,30 @@ def scratch(tag: str, size: int, dtype: np.dtype | type) -> np.ndarray:
     return buffers[key][:size]
 
 
+def thread_count() -> int:
+    """Threads the library may run its row blocks on: the cores this process may use, and
+    no more than ``OMP_NUM_THREADS`` where that is set (Dask sets it to 1 in a worker
+    process, whose own threads are the cluster's parallelism: a second pool there would
+    only make its blocks contend for the cores).
+
+    >>> thread_count() >= 1
+    True
+    """
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, min(cores, int(limit))) if limit.isdigit() and int(limit) > 0 else cores
+
+
 def over_row_blocks(m: int, rows: int, block: Callable[[int, int], None]) -> None:
     """``block(start, stop)`` for row blocks of ``rows`` rows covering ``range(m)``.
 
     The blocks run on a thread per core (numpy releases the GIL in its loops) when there
-    are several; ``block`` must write only its own rows.
+    are several (:func:`thread_count`); ``block`` must write only its own rows.
     """
     global _pool
     starts = range(0, m, rows)
-    workers = os.cpu_count() or 1
+    workers = thread_count()
     if workers == 1 or len(starts) < 2 * workers:
         for start in starts:
             block(start, min(start + rows, m))

@@ -245,3 +245,20 @@ def test_device_resident_path_rescales_per_row_and_per_column_partitions(scale):
         bound = b.bound.numpy() if isinstance(b.bound, torch.Tensor) else b.bound
         np.testing.assert_allclose(np.broadcast_to(bound, a.estimate.shape),
                                    np.broadcast_to(a.bound, a.estimate.shape), rtol=1e-14)
+
+
+def test_row_blocks_stay_on_the_calling_thread_where_omp_num_threads_is_one(monkeypatch):
+    """A Dask worker process (OMP_NUM_THREADS=1) runs its blocks on its own thread."""
+    import threading
+
+    def blocks_threads():
+        seen = set()
+        kernel_module.over_row_blocks(64, 1, lambda a, b: seen.add(threading.get_ident()))
+        return seen
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert kernel_module.thread_count() == 1
+    assert blocks_threads() == {threading.get_ident()}
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    if kernel_module.thread_count() > 1:
+        assert blocks_threads() - {threading.get_ident()}
