@@ -171,7 +171,7 @@ def _w_rows(job: MatmulJob, rows: tuple[int, int]) -> tuple[SplitOperand, bool]:
     if key in _SPLITS:
         return _SPLITS[key]
     partition = job.pw.rows(*rows)
-    components = partition.components(job.w.rows(*rows), name="W")
+    components = partition.components(job.w.rows(*rows), name="W", row_stats=True)
     held = SplitOperand.from_components(components, partition, name="W"), bool(
         components.off_grid)  # found by the split itself
     _SPLITS[key] = held
