@@ -85,10 +85,10 @@ _SPLIT_BLOCK = 1 << 16
 # Samples per row block of a resolution: every layer's temporaries of a block stay in one
 # core's cache, and each numpy call has enough rows that its overhead does not show.
 _BLOCK_ROWS = 1024
-_MIN_BLOCK_ROWS = 64
+_MIN_BLOCK_ROWS = 128
 # A resolution with few active samples still splits into this many blocks, to keep
 # several cores busy.
-_MIN_BLOCKS = 8
+_MIN_BLOCKS = 4
 # Bytes of converted inputs per first-layer product: they stay in cache until the
 # product has read them.
 _OPERAND_BYTES = 1 << 19
@@ -342,11 +342,12 @@ class InferenceState:
         """This state with only the active samples in ``keep`` (a mask over them) left active."""
         if keep.all():
             return dataclasses.replace(self, frozen_at=frozen_at)
+        # np.compress copies whole rows, about twice as fast as indexing by the mask
         return dataclasses.replace(
             self,
             samples=self.samples[keep],
-            H=tuple(h[keep] for h in self.H),
-            Z=tuple(z[keep] for z in self.Z),
+            H=tuple(np.compress(keep, h, axis=0) for h in self.H),
+            Z=tuple(np.compress(keep, z, axis=0) for z in self.Z),
             frozen_at=frozen_at,
         )
 
@@ -716,15 +717,13 @@ def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, i
         return True
 
     # numpy releases the GIL in these loops, so parts of a large input convert in
-    # parallel threads (the products later use every core through BLAS; this would not).
-    workers = max(1, min(_available_cores(), flat.size // (8 * _SPLIT_BLOCK)))
-    edges = [flat.size * i // workers // _SPLIT_BLOCK * _SPLIT_BLOCK for i in range(workers)]
-    edges.append(flat.size)
-    if workers == 1:
+    # parallel on the row blocks' threads, taken in turn by whichever is free.
+    parts = range(0, flat.size, 8 * _SPLIT_BLOCK)
+    if len(parts) < 2 or _available_cores() < 2:
         in_range = convert(0, flat.size)
     else:
-        with ThreadPoolExecutor(workers) as pool:
-            in_range = all(pool.map(convert, edges[:-1], edges[1:]))
+        stops = [min(flat.size, start + 8 * _SPLIT_BLOCK) for start in parts]
+        in_range = all(_block_workers().map(convert, parts, stops))
     if not in_range:
         p.check(x, "input X")  # raises, naming the value
     return units, clipped
