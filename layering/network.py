@@ -91,7 +91,7 @@ _MIN_BLOCK_ROWS = 128
 _MIN_BLOCKS = 4
 # Bytes of converted inputs per first-layer product: they stay in cache until the
 # product has read them.
-_OPERAND_BYTES = 1 << 19
+_OPERAND_BYTES = 1 << 21
 
 
 @dataclass(frozen=True)
