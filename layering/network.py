@@ -459,20 +459,6 @@ class InferencePlan:
         """Does any input truncate to a negative value?"""
         return bool(self.input_units.min(initial=0) < 0)
 
-    @cached_property
-    def increments(self) -> tuple[tuple[np.ndarray, ...], ...]:
-        """``[k][layer - 1]``: what takes ``[H | ΔH | 1]`` to ``ΔZ`` of layer ``layer`` >= 1
-        when component ``k`` is added, ``[W_kᵀ ; A_kᵀ ; b_k]`` with ``A_k`` the weights
-        accumulated before it (``[W_0ᵀ ; b_0]`` at k = 0, where ``A`` is still zero)."""
-        layers = range(1, self.network.n_layers)
-        return tuple(
-            tuple(np.vstack([self.weight_parts[layer][k].T,
-                             *([self.weights_after[k][layer].T] if k else []),
-                             self.bias_parts[layer][k][None, :]])
-                  for layer in layers)
-            for k in range(self.resolutions)
-        )
-
     def input_prefix(self, k: int, samples: np.ndarray | None = None) -> np.ndarray:
         """The inputs of ``samples`` (None: all) cut to their first ``k`` components (float64)."""
         units = self.input_units if samples is None else self.input_units[samples]
@@ -836,6 +822,11 @@ def _input_product(
     return out
 
 
+def _buffer(name: str, rows: int, columns: int) -> np.ndarray:
+    """A float64 ``(rows, columns)`` buffer of this thread's, reused by every block."""
+    return scratch(f"inference-{name}", rows * columns, np.float64).reshape(rows, columns)
+
+
 def _row_blocks(
     plan: InferencePlan, samples: np.ndarray
 ) -> list[tuple[slice, slice | np.ndarray]]:
@@ -1017,17 +1008,14 @@ def _upgrade(
             before = _first_layer(plan, rows, k) if k else 0.0
             z = np.add(state.Z[0][part], _rounded(z - before, rounding), out=Z[0][part])
         for layer in range(1, net.n_layers):
-            # [H | ΔH | 1] @ [W_kᵀ ; A_kᵀ ; b_k]: both products and the bias in one GEMM
-            increment, width = plan.increments[k][layer - 1], sizes[layer]
-            m, inner = len(z), increment.shape[0]
-            joined = scratch("inference-joined", m * inner, np.float64).reshape(m, inner)
-            h = net.hidden.value(z, out=joined[:, :width])
+            m, width, out = len(z), sizes[layer], sizes[layer + 1]
+            h = net.hidden.value(z, out=_buffer("h", m, width))
+            dz = np.matmul(h, plan.weight_parts[layer][k].T, out=_buffer("dz", m, out))
+            dz += plan.bias_parts[layer][k]
             if k:  # A is still zero at the first resolution: nothing to reuse yet.
-                np.subtract(h, state.H[layer - 1][part], out=joined[:, width:-1])
-            joined[:, -1] = 1.0
+                dh = np.subtract(h, state.H[layer - 1][part], out=_buffer("dh", m, width))
+                dz += np.matmul(dh, plan.weights_after[k][layer].T, out=_buffer("dhA", m, out))
             H[layer - 1][part] = h
-            dz = np.matmul(joined, increment, out=scratch(
-                "inference-dz", m * increment.shape[1], np.float64).reshape(m, -1))
             if rounding is not None:
                 dz = _rounded(dz, rounding)
             z = np.add(state.Z[layer][part], dz, out=Z[layer][part])
