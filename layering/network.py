@@ -1320,6 +1320,13 @@ def layered_inference(
     METHOD §4 (Esfahanizadeh, Cohen, Shamai, Médard, "Successive Refinement in
     Large-Scale Computation"). Without rounding, the outputs at resolution r equal the
     one-shot pass of the network truncated to r components (up to float64 rounding).
+
+    Each resolution works through the active samples in row blocks, on a thread per core
+    (the inputs are split the same way). While blocks run, BLAS is limited to one thread
+    and torch runs on one thread in the block workers, so the cores are not shared
+    between thread pools; BLAS gets its threads back between resolutions, and torch's
+    setting for the caller's threads never changes. Results do not depend on the number
+    of cores.
     """
     if rounding is not None and not (math.isfinite(rounding) and rounding > 0):
         raise ValueError(f"rounding must be a positive grid step or None, got {rounding!r}")
