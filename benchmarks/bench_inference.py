@@ -56,7 +56,14 @@ def cpu_summary() -> str:
                       if line.startswith("model name")), model)
     present = [f for f in KERNEL_FLAGS if f in flags] or ["(flags unknown)"]
     return (f"CPU: {model}; {os.cpu_count()} cores; flags: {' '.join(present)};"
-            f" numpy {np.__version__}")
+            f" numpy {np.__version__}; {load_summary()}")
+
+
+def load_summary() -> str:
+    """The machine's load: other work on the cores slows both sides, not always alike."""
+    if not hasattr(os, "getloadavg"):
+        return "load average unknown"
+    return "load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def threads_summary() -> str:
@@ -148,8 +155,7 @@ def main() -> None:
                   f" {np.median(np.divide(firsts, bases)):8.2f}x |"
                   f" {bits:7.3f}x | {accuracy:8.4f} | {needed:13.3f} | {base * 1e3:6.1f}ms |"
                   f" {'loaded' if torch_loaded else 'none':>6} | {against_free:>22}")
-        if torch_loaded and name == names[-1]:
-            print(threads_summary())
+    print(threads_summary() + "; " + load_summary())
 
 
 if __name__ == "__main__":
