@@ -82,12 +82,14 @@ _EPS = float(np.finfo(np.float64).eps)
 # Elements per block when splitting the inputs: a block is range-checked and converted
 # while it is in cache.
 _SPLIT_BLOCK = 1 << 16
-# Samples per row block of a resolution: every layer's temporaries of a block stay in one
-# core's cache, and each numpy call has enough rows that its overhead does not show.
-_BLOCK_ROWS = 1024
+# Samples per row block of a resolution, at most: every layer's temporaries of a block
+# stay in cache. Fewer, larger blocks are faster as long as every core gets some: each
+# numpy call of a block costs a fixed overhead, and takes the GIL back when it ends while
+# the other blocks' threads want it too.
+_BLOCK_ROWS = 4096
 _MIN_BLOCK_ROWS = 128
-# A resolution with few active samples still splits into this many blocks, to keep
-# several cores busy.
+# A resolution splits into at least this many blocks (of _MIN_BLOCK_ROWS or more), to
+# keep several cores busy.
 _MIN_BLOCKS = 4
 # Bytes of converted inputs per first-layer product: they stay in cache until the
 # product has read them.
