@@ -4,11 +4,12 @@ In one run: trains the paper's even/odd model (seed 0, a few seconds), then time
 one-shot float64 ``Network.forward`` on the 10,000 test images and layered inference with
 the paper's partitions (METHOD §6, R = 4 one-bit components) under each rule (none,
 gray-zone, margin, certified) and each product kernel asked for. Prints the CPU (model,
-the flags that decide which exact arithmetic is fast, BLAS and its threads), then per
-kernel and rule, as ratios against the one-shot pass (median of interleaved repeats, so
-machine load affects both sides alike): wall-clock of the whole layered inference
-(operand splitting included) and of its first answer, bit operations, accuracy, and the
-fraction of samples that needed the last resolution.
+the flags that decide which exact arithmetic is fast, the load average, BLAS and its
+threads), then per kernel and rule, as ratios against the one-shot pass (median of
+interleaved repeats, so machine load affects both sides alike; every run starts after a
+pause, from idle threads): wall-clock of the whole layered inference (operand splitting
+included) and of its first answer, bit operations, accuracy, and the fraction of samples
+that needed the last resolution.
 
 The one-shot pass is plain numpy (BLAS with its default threads). Importing torch (the
 ``torch`` kernel, or ``auto`` where it picks torch) can change how fast that pass runs
@@ -45,6 +46,10 @@ RULES = (None, "gray-zone", "margin", "certified")
 # CPU flags that decide which exact arithmetic is fast: float32/float64 BLAS (AVX2,
 # AVX-512) and int8 dot products (VNNI, AMX).
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
+# BLAS (OpenBLAS) and OpenMP worker threads spin for a while after a call and slow down
+# whatever runs next on the same cores: every timed run, one-shot or layered, starts after
+# this pause, from idle threads (as in bench_matmul).
+SETTLE_S = 0.3
 
 
 def cpu_summary() -> str:
@@ -84,6 +89,7 @@ def threads_summary() -> str:
 
 def timed_layered(net, X, rule, kernel) -> tuple[float, float, list]:
     """Seconds to the first answer and to the last, and every resolution's result."""
+    time.sleep(SETTLE_S)
     start = time.perf_counter()
     results, first = [], 0.0
     for res in layered_inference(net, X, PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS,
@@ -113,6 +119,7 @@ def main() -> None:
                                      len(X))
 
     def one_shot() -> float:
+        time.sleep(SETTLE_S)
         start = time.perf_counter()
         net.forward(X)
         return time.perf_counter() - start
