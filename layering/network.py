@@ -87,9 +87,9 @@ _SPLIT_BLOCK = 1 << 16
 # numpy call of a block costs a fixed overhead, and takes the GIL back when it ends while
 # the other blocks' threads want it too.
 _BLOCK_ROWS = 4096
-_MIN_BLOCK_ROWS = 128
-# A resolution splits into at least this many blocks (of _MIN_BLOCK_ROWS or more), to
-# keep several cores busy.
+_MIN_BLOCK_ROWS = 256
+# A resolution splits into at least this many blocks of _MIN_BLOCK_ROWS or more (where
+# it has the samples), to keep several cores busy.
 _MIN_BLOCKS = 4
 # Bytes of converted inputs per first-layer product: they stay in cache until the
 # product has read them.
@@ -841,7 +841,8 @@ def _row_blocks(
     operations wherever it runs.
     """
     n = len(samples)
-    rows = min(_BLOCK_ROWS, max(_MIN_BLOCK_ROWS, -(-n // _MIN_BLOCKS)))
+    count = max(1, -(-n // _BLOCK_ROWS), min(_MIN_BLOCKS, n // _MIN_BLOCK_ROWS))
+    rows = -(-n // count)
     every = n == plan.n_samples
     return [(part, part if every else samples[part])
             for part in (slice(start, min(n, start + rows)) for start in range(0, n, rows))]
