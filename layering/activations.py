@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -106,30 +107,47 @@ class PiecewiseLinear:
             k += z >= b
         return k
 
-    def value(self, z: np.ndarray) -> np.ndarray:
-        """``σ(z)``, elementwise.
+    def value(self, z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``σ(z)``, elementwise (written to ``out`` if given, which is returned).
 
         A convex function (slopes never decrease, as ReLU and leaky ReLU) is the largest
         of its pieces and a concave one the smallest: a few whole-array operations instead
         of a gather by piece. Either way each value is its own piece's ``slope * z +
         intercept`` (pieces that meet at a break agree there up to rounding).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> h = np.empty(2)
+        >>> relu().value(np.array([-1.5, 2.0]), out=h) is h, h.tolist()
+        (True, [0.0, 2.0])
         """
+        z = np.asarray(z)
+        if out is None:
+            out = np.empty(np.shape(z), dtype=np.result_type(z, 1.0))
+        if self._envelope is None:
+            k = self.piece(z)
+            np.multiply(np.take(self.slopes, k), z, out=out)
+            return np.add(out, np.take(self.intercepts, k), out=out)
+        pieces = [_affine(z, s, c) for s, c in zip(self.slopes, self.intercepts, strict=True)]
+        if len(pieces) == 1:
+            np.copyto(out, pieces[0])
+            return out
+        self._envelope(pieces[0], pieces[1], out=out)
+        for piece in pieces[2:]:
+            self._envelope(out, piece, out=out)
+        return out
+
+    @cached_property
+    def _envelope(self) -> np.ufunc | None:
+        """``np.maximum`` if σ is convex (the largest of its pieces), ``np.minimum`` if it
+        is concave (the smallest), else None."""
         pairs = list(zip(self.slopes[:-1], self.slopes[1:], strict=True))
         if all(a <= b for a, b in pairs):
-            return self._envelope(z, np.maximum)
+            return np.maximum
         if all(a >= b for a, b in pairs):
-            return self._envelope(z, np.minimum)
-        k = self.piece(z)
-        return np.take(self.slopes, k) * z + np.take(self.intercepts, k)
-
-    def _envelope(self, z: np.ndarray, pick: np.ufunc) -> np.ndarray:
-        pieces = [_affine(z, s, c) for s, c in zip(self.slopes, self.intercepts, strict=True)]
-        out = pieces[0]
-        for piece in pieces[1:]:
-            out = pick(out, piece)
-        if np.ndim(out) < np.ndim(z):  # a constant function
-            return np.full(np.shape(z), out)
-        return np.asarray(out)
+            return np.minimum
+        return None
 
     def increment(self, z: np.ndarray, dz: np.ndarray) -> np.ndarray:
         """``σ(z + dz) - σ(z)`` from the stored pre-activation ``z`` and its increment.

@@ -36,13 +36,18 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
+import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property, partial
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -54,7 +59,7 @@ from .activations import (
     resolve_activation,
 )
 from .decision import DecisionContext, LogitBounds, Rule, freeze_mask, resolve_rule
-from .kernel import ProductKernel, resolve_kernel
+from .kernel import ProductKernel, resolve_kernel, scratch
 from .partition import Partition, _digit_dtype
 
 __all__ = [
@@ -77,14 +82,18 @@ _EPS = float(np.finfo(np.float64).eps)
 # Elements per block when splitting the inputs: a block is range-checked and converted
 # while it is in cache.
 _SPLIT_BLOCK = 1 << 16
-# Bytes of converted inputs per row block of a resolution: large enough that BLAS runs
-# at full speed, small enough to stay in cache.
-_BLOCK_BYTES = 1 << 21
-# The later layers' products of a block stay at or below this many multiply-adds, which
-# BLAS (OpenBLAS: 4 * 65536) runs on one thread: waking threads for products this small
-# costs more than they take, most of all on a loaded machine.
-_SINGLE_THREAD_PRODUCT = 1 << 18
-_MIN_BLOCK_ROWS = 64
+# Samples per row block of a resolution, at most: every layer's temporaries of a block
+# stay in cache. Fewer, larger blocks are faster as long as every core gets some: each
+# numpy call of a block costs a fixed overhead, and takes the GIL back when it ends while
+# the other blocks' threads want it too.
+_BLOCK_ROWS = 4096
+_MIN_BLOCK_ROWS = 256
+# A resolution splits into at least this many blocks of _MIN_BLOCK_ROWS or more (where
+# it has the samples), to keep several cores busy.
+_MIN_BLOCKS = 4
+# Bytes of converted inputs per first-layer product: they stay in cache until the
+# product has read them.
+_OPERAND_BYTES = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -335,11 +344,12 @@ class InferenceState:
         """This state with only the active samples in ``keep`` (a mask over them) left active."""
         if keep.all():
             return dataclasses.replace(self, frozen_at=frozen_at)
+        # np.compress copies whole rows, about twice as fast as indexing by the mask
         return dataclasses.replace(
             self,
             samples=self.samples[keep],
-            H=tuple(h[keep] for h in self.H),
-            Z=tuple(z[keep] for z in self.Z),
+            H=tuple(np.compress(keep, h, axis=0) for h in self.H),
+            Z=tuple(np.compress(keep, z, axis=0) for z in self.Z),
             frozen_at=frozen_at,
         )
 
@@ -695,15 +705,13 @@ def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, i
         return True
 
     # numpy releases the GIL in these loops, so parts of a large input convert in
-    # parallel threads (the products later use every core through BLAS; this would not).
-    workers = max(1, min(_available_cores(), flat.size // (8 * _SPLIT_BLOCK)))
-    edges = [flat.size * i // workers // _SPLIT_BLOCK * _SPLIT_BLOCK for i in range(workers)]
-    edges.append(flat.size)
-    if workers == 1:
+    # parallel on the row blocks' threads, taken in turn by whichever is free.
+    parts = range(0, flat.size, 8 * _SPLIT_BLOCK)
+    if len(parts) < 2 or _available_cores() < 2:
         in_range = convert(0, flat.size)
     else:
-        with ThreadPoolExecutor(workers) as pool:
-            in_range = all(pool.map(convert, edges[:-1], edges[1:]))
+        stops = [min(flat.size, start + 8 * _SPLIT_BLOCK) for start in parts]
+        in_range = all(_block_workers().map(convert, parts, stops))
     if not in_range:
         p.check(x, "input X")  # raises, naming the value
     return units, clipped
@@ -715,13 +723,20 @@ def _available_cores() -> int:
     return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
-def _cut(units: np.ndarray, shift: int, signed: bool) -> np.ndarray:
-    """Integers ``units`` truncated toward zero to multiples of ``2**shift``, in those units."""
+def _cut(
+    units: np.ndarray, shift: int, signed: bool, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Integers ``units`` truncated toward zero to multiples of ``2**shift``, in those units.
+
+    Written to ``out`` if given (shaped and typed like ``units``), except that ``units``
+    themselves are returned when ``shift`` is 0.
+    """
     if shift == 0:
         return units
     if not signed:
-        return np.right_shift(units, shift)
-    cut = np.right_shift(np.abs(units), shift)  # an arithmetic shift would round toward -inf
+        return np.right_shift(units, shift, out=out)
+    cut = np.abs(units, out=out)
+    np.right_shift(cut, shift, out=cut)  # an arithmetic shift would round toward -inf
     return np.negative(cut, out=cut, where=units < 0)
 
 
@@ -757,10 +772,15 @@ def _first_layer_product(
     )
 
 
-def _first_layer(plan: InferencePlan, rows: slice | np.ndarray, k: int) -> np.ndarray:
-    """``Z_1`` after ``k`` resolutions (k >= 1) for the samples ``rows``, float64, exact."""
+def _first_layer(
+    plan: InferencePlan, rows: slice | np.ndarray, k: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``Z_1`` after ``k`` resolutions (k >= 1) for the samples ``rows``, float64, exact.
+
+    Written to ``out`` if given (one row per sample).
+    """
     step = plan.first_layer[k - 1]
-    z = _input_product(plan, rows, step.shift, step.weights, step.dtype)
+    z = _input_product(plan, rows, step.shift, step.weights, step.dtype, out)
     z *= step.scale
     z += plan.biases_after[k][0]
     return z
@@ -768,33 +788,178 @@ def _first_layer(plan: InferencePlan, rows: slice | np.ndarray, k: int) -> np.nd
 
 def _input_product(
     plan: InferencePlan, rows: slice | np.ndarray, shift: int, weights: np.ndarray,
-    dtype: np.dtype,
+    dtype: np.dtype, out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``_cut(input_units[rows], shift) @ weights`` by the plan's kernel, as float64.
 
     ``weights`` is prepared by the kernel in ``dtype``, in which the product is exact.
+    The rows go in parts small enough to stay in cache, each cut and converted to
+    ``dtype`` in buffers of this thread's, reused by every part and every block, so the
+    kernel finds them ready (a host kernel then takes them as they are) and no block maps
+    fresh memory. Written to ``out`` if given.
     """
-    block = plan.kernel.prepare(_cut(plan.input_units[rows], shift, plan.input_signed), dtype)
-    return np.asarray(plan.kernel.to_host(plan.kernel.product(block, weights)),
-                      dtype=np.float64)
+    units = plan.input_units
+    if not isinstance(rows, slice):  # gathered into a buffer of this thread's
+        gathered = scratch("inference-rows", len(rows) * units.shape[1], units.dtype)
+        units = np.take(units, rows, axis=0, out=gathered.reshape(len(rows), units.shape[1]))
+    else:
+        units = units[rows]
+    n, width = units.shape
+    step = max(1, _OPERAND_BYTES // (width * dtype.itemsize))
+    for start in range(0, n, step):
+        part = units[start : start + step]
+        if shift:
+            cut = scratch("inference-cut", part.size, part.dtype).reshape(part.shape)
+            part = _cut(part, shift, plan.input_signed, out=cut)
+        if part.dtype != dtype:
+            operand = scratch("inference-operand", part.size, dtype).reshape(part.shape)
+            np.copyto(operand, part, casting="unsafe")  # exact: dtype holds every digit
+            part = operand
+        product = plan.kernel.product(plan.kernel.prepare(part, dtype), weights)
+        product = plan.kernel.to_host(product)
+        if out is None:
+            out = np.empty((n, product.shape[1]))
+        out[start : start + step] = product
+    assert out is not None  # (a block has rows)
+    return out
+
+
+def _buffer(name: str, rows: int, columns: int) -> np.ndarray:
+    """A float64 ``(rows, columns)`` buffer of this thread's, reused by every block."""
+    return scratch(f"inference-{name}", rows * columns, np.float64).reshape(rows, columns)
 
 
 def _row_blocks(
     plan: InferencePlan, samples: np.ndarray
-) -> Iterator[tuple[slice, slice | np.ndarray]]:
+) -> list[tuple[slice, slice | np.ndarray]]:
     """The active ``samples`` in blocks: (positions among them, rows of the batch).
 
-    Everything a resolution computes for a block (its inputs converted for the kernel,
-    every layer's temporaries) stays in cache, and no temporary is large enough to be
-    mapped afresh from the operating system (page faults cost as much as the arithmetic).
+    Everything a resolution computes for a block (every layer's temporaries) stays in
+    one core's cache, and no temporary is large enough to be mapped afresh from the
+    operating system (page faults cost as much as the arithmetic). Blocks depend only on
+    the number of samples, never on the machine, so every row goes through the same
+    operations wherever it runs.
     """
-    n, width = len(samples), plan.input_units.shape[1]
-    rows = max(1, _BLOCK_BYTES // (width * max(s.dtype.itemsize for s in plan.first_layer)))
-    later = max((w.size for w in plan.network.weights[1:]), default=1)
-    rows = max(_MIN_BLOCK_ROWS, min(rows, _SINGLE_THREAD_PRODUCT // later))
-    for start in range(0, n, rows):
-        part = slice(start, min(n, start + rows))
-        yield part, part if n == plan.n_samples else samples[part]
+    n = len(samples)
+    count = max(1, -(-n // _BLOCK_ROWS), min(_MIN_BLOCKS, n // _MIN_BLOCK_ROWS))
+    rows = -(-n // count)
+    every = n == plan.n_samples
+    return [(part, part if every else samples[part])
+            for part in (slice(start, min(n, start + rows)) for start in range(0, n, rows))]
+
+
+def _over_blocks(blocks: Sequence[_Block], work: Callable[[_Block], None]) -> None:
+    """``work(block)`` for every block, on a thread per core where there are several.
+
+    numpy and the product kernels release the GIL in their loops, so all of a block's
+    work (products, activations, scaling, bookkeeping) runs in parallel with the other
+    blocks'. Each block's products then run on one thread: BLAS (limited to one thread
+    while blocks run, see :class:`_BlasThreads`) and torch (one thread in these workers,
+    :func:`_torch_on_one_thread`), so no second pool of threads contends for the cores,
+    spinning at its barriers. Blocks are taken in turn by whichever worker is free, so a
+    core slowed by other load leaves its share to the others. ``work`` must write only
+    its own block's rows.
+    """
+    if len(blocks) < 2 or _available_cores() < 2:
+        for block in blocks:
+            work(block)
+        return
+    with _BLAS_THREADS.one():
+        for _ in _block_workers().map(partial(_in_worker, work), blocks):
+            pass
+
+
+_Block = TypeVar("_Block")
+_workers: tuple[int, ThreadPoolExecutor] | None = None
+_workers_lock = threading.Lock()
+_worker_state = threading.local()
+
+
+def _block_workers() -> ThreadPoolExecutor:
+    """The process's threads for row blocks, one per core (made again after a fork)."""
+    global _workers
+    with _workers_lock:
+        if _workers is None or _workers[0] != os.getpid():
+            pool = ThreadPoolExecutor(_available_cores(), thread_name_prefix="layering-blocks")
+            _workers = (os.getpid(), pool)
+        return _workers[1]
+
+
+def _in_worker(work: Callable[[_Block], None], block: _Block) -> None:
+    if not getattr(_worker_state, "torch_on_one_thread", False):
+        _worker_state.torch_on_one_thread = _torch_on_one_thread()
+    work(block)
+
+
+_torch_threads_lock = threading.Lock()
+
+
+def _torch_on_one_thread() -> bool:
+    """Make torch run this thread's operations on one thread, if torch is imported.
+
+    Under torch's OpenMP backend the intra-op thread count is a setting of each thread,
+    taken from a process default when the thread first uses torch;
+    ``torch.set_num_threads`` sets both. So this thread takes the default first, then sets
+    one thread, and a short-lived thread puts the default back: torch elsewhere in the
+    process (the caller's threads, threads started later) keeps its threads. Returns
+    whether torch was there to set.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    with _torch_threads_lock:
+        default = torch.get_num_threads()  # this thread takes the default now
+        if default != 1:
+            torch.set_num_threads(1)
+            restore = threading.Thread(target=torch.set_num_threads, args=(default,))
+            restore.start()
+            restore.join()
+    return True
+
+
+class _BlasThreads:
+    """Limits BLAS to one thread while row blocks run on their own threads.
+
+    Calls overlap when several threads run inferences: the first limits BLAS, the last
+    puts back what it found. Without threadpoolctl (a dependency of scikit-learn) BLAS
+    keeps its threads: slower, never inexact.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._limit: Any = None
+
+    @contextmanager
+    def one(self) -> Iterator[None]:
+        controller = _blas_controller()
+        if controller is None:
+            yield
+            return
+        with self._lock:
+            if self._users == 0:
+                self._limit = controller.limit(limits=1)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._limit.restore_original_limits()
+
+
+_BLAS_THREADS = _BlasThreads()
+
+
+@functools.cache
+def _blas_controller() -> Any:
+    """threadpoolctl's controller of the BLAS libraries loaded (numpy's), or None."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController().select(user_api="blas")
 
 
 def _check_partitions(network: Network, px: Partition, pws: tuple[Partition, ...]) -> None:
@@ -834,23 +999,31 @@ def _upgrade(
     sizes = net.layer_sizes
     H = state.H if in_place else tuple(np.empty((n, s)) for s in sizes[1:-1])
     Z = state.Z if in_place else tuple(np.empty((n, s)) for s in sizes[1:])
-    for part, rows in _row_blocks(plan, state.samples):
-        z = _first_layer(plan, rows, k + 1)
-        if rounding is not None:
+
+    def upgrade(block: tuple[slice, slice | np.ndarray]) -> None:
+        # Every array a block makes is one of its thread's buffers or its rows of H and Z:
+        # fresh memory would cost page faults as large as the arithmetic.
+        part, rows = block
+        if rounding is None:
+            z = _first_layer(plan, rows, k + 1, out=Z[0][part])
+        else:
+            z = _first_layer(plan, rows, k + 1)
             before = _first_layer(plan, rows, k) if k else 0.0
-            z = state.Z[0][part] + _rounded(z - before, rounding)
+            z = np.add(state.Z[0][part], _rounded(z - before, rounding), out=Z[0][part])
         for layer in range(1, net.n_layers):
-            h = net.hidden.value(z)
-            dh = h - state.H[layer - 1][part]
-            Z[layer - 1][part], H[layer - 1][part] = z, h
-            dz = h @ plan.weight_parts[layer][k].T
+            m, width, out = len(z), sizes[layer], sizes[layer + 1]
+            h = net.hidden.value(z, out=_buffer("h", m, width))
+            dz = np.matmul(h, plan.weight_parts[layer][k].T, out=_buffer("dz", m, out))
             dz += plan.bias_parts[layer][k]
             if k:  # A is still zero at the first resolution: nothing to reuse yet.
-                dz += dh @ plan.weights_after[k][layer].T
+                dh = np.subtract(h, state.H[layer - 1][part], out=_buffer("dh", m, width))
+                dz += np.matmul(dh, plan.weights_after[k][layer].T, out=_buffer("dhA", m, out))
+            H[layer - 1][part] = h
             if rounding is not None:
                 dz = _rounded(dz, rounding)
-            z = state.Z[layer][part] + dz
-        Z[-1][part] = z
+            z = np.add(state.Z[layer][part], dz, out=Z[layer][part])
+
+    _over_blocks(_row_blocks(plan, state.samples), upgrade)
     bit_ops = sum(_upgrade_bit_ops(plan, layer, k, n) for layer in range(net.n_layers))
     return H, Z, bit_ops, _upgrade_flops(plan, k, n, rounding)
 
@@ -933,7 +1106,9 @@ def _logit_bounds(plan: InferencePlan, state: InferenceState) -> LogitBounds:
     first = _FirstLayerBound.of(plan, r)
     layers = [_LayerBound.of(plan, layer, r) for layer in range(1, net.n_layers)]
     lo, hi = np.empty((n, net.weights[-1].shape[0])), np.empty((n, net.weights[-1].shape[0]))
-    for part, rows in _row_blocks(plan, state.samples):
+
+    def bound(block: tuple[slice, slice | np.ndarray]) -> None:
+        part, rows = block
         deviation = first.deviation(plan, rows)
         b_lo, b_hi = state.Z[0][part] + deviation[0], state.Z[0][part] + deviation[1]
         for layer, bound in enumerate(layers, start=1):
@@ -942,6 +1117,8 @@ def _logit_bounds(plan: InferencePlan, state: InferenceState) -> LogitBounds:
             b_lo += state.Z[layer][part]
             b_hi += state.Z[layer][part]
         lo[part], hi[part] = b_lo, b_hi
+
+    _over_blocks(_row_blocks(plan, state.samples), bound)
     flops = first.flops(plan, n) + sum(8 * n * bound.A.size for bound in layers)
     if net.output == "sigmoid":
         lo, hi = lo[:, 0], hi[:, 0]
@@ -1146,6 +1323,13 @@ def layered_inference(
     METHOD §4 (Esfahanizadeh, Cohen, Shamai, Médard, "Successive Refinement in
     Large-Scale Computation"). Without rounding, the outputs at resolution r equal the
     one-shot pass of the network truncated to r components (up to float64 rounding).
+
+    Each resolution works through the active samples in row blocks, on a thread per core
+    (the inputs are split the same way). While blocks run, BLAS is limited to one thread
+    and torch runs on one thread in the block workers, so the cores are not shared
+    between thread pools; BLAS gets its threads back between resolutions, and torch's
+    setting for the caller's threads never changes. Results do not depend on the number
+    of cores.
     """
     if rounding is not None and not (math.isfinite(rounding) and rounding > 0):
         raise ValueError(f"rounding must be a positive grid step or None, got {rounding!r}")

@@ -24,6 +24,7 @@ from layered.layering import (
     one_shot_cost,
     plan_inference,
 )
+from layered.layering import network as network_module
 from layered.layering.activations import PiecewiseLinear, leaky_relu, pl_sigmoid, relu
 from layered.layering.kernel import NumpyKernel
 
@@ -474,3 +475,76 @@ def test_a_large_input_splits_in_parallel_parts_and_names_a_bad_value(reference_
     X[1400, 3] = np.nan
     with pytest.raises(ValueError, match="not finite"):
         plan_inference(ref.network(), X, PIXELS, [WEIGHTS] * 2)
+
+
+# --- Row blocks on a thread per core: same results, caller's thread settings untouched.
+def _blas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+            if lib["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("rule", [None, "gray-zone", "certified"])
+def test_blocks_on_threads_give_what_one_thread_gives(reference_net, mnist_like, monkeypatch,
+                                                       rule):
+    ref = reference_net(33, (784, 16, 8, 1), "leaky-relu")
+    X = mnist_like(14, 1100) - 0.25  # several blocks, negative inputs too
+    threaded = list(layered_inference(ref.network(), X, PIXELS, [WEIGHTS] * 3, rule))
+    monkeypatch.setattr(network_module, "_available_cores", lambda: 1)
+    inline = list(layered_inference(ref.network(), X, PIXELS, [WEIGHTS] * 3, rule))
+    assert len(threaded) == len(inline)
+    for a, b in zip(threaded, inline, strict=True):
+        assert np.array_equal(a.logits, b.logits) and np.array_equal(a.frozen_at, b.frozen_at)
+
+
+def test_inference_leaves_blas_threads_as_it_found_them(reference_net, mnist_like):
+    before = _blas_threads()
+    ref = reference_net(34, (784, 12, 1))
+    results = layered_inference(ref.network(), mnist_like(15, 1100), PIXELS, [WEIGHTS] * 2)
+    next(results)
+    assert _blas_threads() == before  # between resolutions too
+    list(results)
+    assert _blas_threads() == before
+
+
+def test_blocks_in_overlapping_inferences_restore_blas_threads(reference_net, mnist_like):
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = _blas_threads()
+    ref = reference_net(35, (784, 12, 1))
+    X = mnist_like(16, 700)
+
+    def run(_):
+        return list(layered_inference(ref.network(), X, PIXELS, [WEIGHTS] * 2))[-1].logits
+
+    with ThreadPoolExecutor(3) as pool:
+        logits = list(pool.map(run, range(6)))
+    assert all(np.array_equal(logits[0], other) for other in logits[1:])
+    assert _blas_threads() == before
+
+
+def test_torch_kernel_blocks_leave_torch_threads_of_other_threads(reference_net, mnist_like):
+    import threading
+
+    torch = pytest.importorskip("torch")
+    main = torch.get_num_threads()
+    ref = reference_net(36, (784, 12, 1))
+    X = mnist_like(17, 600)
+    torch_logits = list(layered_inference(ref.network(), X, PIXELS, [WEIGHTS] * 2,
+                                          kernel="torch", device="cpu"))[-1].logits
+    numpy_logits = list(layered_inference(ref.network(), X, PIXELS, [WEIGHTS] * 2,
+                                          kernel="numpy"))[-1].logits
+    assert np.array_equal(torch_logits, numpy_logits)
+    seen = []
+    fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    fresh.start()
+    fresh.join()
+    assert torch.get_num_threads() == main and seen == [main]
+
+
+def test_activation_value_writes_to_out():
+    z = np.array([[-3.0, -0.5], [0.5, 3.0]])
+    for act in (relu(), leaky_relu(0.1), pl_sigmoid()):
+        out = np.full((2, 4), np.nan)[:, ::2]  # a strided view, as a block's buffer gives
+        assert act.value(z, out=out) is out
+        np.testing.assert_array_equal(out, act.value(z))
