@@ -59,7 +59,7 @@ from .activations import (
     resolve_activation,
 )
 from .decision import DecisionContext, LogitBounds, Rule, freeze_mask, resolve_rule
-from .kernel import ProductKernel, resolve_kernel, scratch
+from .kernel import ProductKernel, resolve_kernel, scratch, thread_count
 from .partition import Partition, _digit_dtype
 
 __all__ = [
@@ -707,7 +707,7 @@ def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, i
     # numpy releases the GIL in these loops, so parts of a large input convert in
     # parallel on the row blocks' threads, taken in turn by whichever is free.
     parts = range(0, flat.size, 8 * _SPLIT_BLOCK)
-    if len(parts) < 2 or _available_cores() < 2:
+    if len(parts) < 2 or thread_count() < 2:
         in_range = convert(0, flat.size)
     else:
         stops = [min(flat.size, start + 8 * _SPLIT_BLOCK) for start in parts]
@@ -715,12 +715,6 @@ def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, i
     if not in_range:
         p.check(x, "input X")  # raises, naming the value
     return units, clipped
-
-
-def _available_cores() -> int:
-    """CPU cores this process may run on."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
 def _cut(
@@ -860,7 +854,7 @@ def _over_blocks(blocks: Sequence[_Block], work: Callable[[_Block], None]) -> No
     core slowed by other load leaves its share to the others. ``work`` must write only
     its own block's rows.
     """
-    if len(blocks) < 2 or _available_cores() < 2:
+    if len(blocks) < 2 or thread_count() < 2:
         for block in blocks:
             work(block)
         return
@@ -880,7 +874,7 @@ def _block_workers() -> ThreadPoolExecutor:
     global _workers
     with _workers_lock:
         if _workers is None or _workers[0] != os.getpid():
-            pool = ThreadPoolExecutor(_available_cores(), thread_name_prefix="layering-blocks")
+            pool = ThreadPoolExecutor(thread_count(), thread_name_prefix="layering-blocks")
             _workers = (os.getpid(), pool)
         return _workers[1]
 
