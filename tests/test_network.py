@@ -490,7 +490,7 @@ def test_blocks_on_threads_give_what_one_thread_gives(reference_net, mnist_like,
     ref = reference_net(33, (784, 16, 8, 1), "leaky-relu")
     X = mnist_like(14, 1100) - 0.25  # several blocks, negative inputs too
     threaded = list(layered_inference(ref.network(), X, PIXELS, [WEIGHTS] * 3, rule))
-    monkeypatch.setattr(network_module, "_available_cores", lambda: 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as in a Dask worker: one thread
     inline = list(layered_inference(ref.network(), X, PIXELS, [WEIGHTS] * 3, rule))
     assert len(threaded) == len(inline)
     for a, b in zip(threaded, inline, strict=True):
