@@ -1,11 +1,12 @@
 """The layered matmul flow: for each resolution, layer, decide, persist, repeat.
 
 Each resolution is one Prefect task run in the flow's process whose row blocks run as
-plain Dask tasks on the cluster; after it,
-the flow persists the estimate and its guaranteed bound to the run directory, shows the
-resolution in the UI, and decides whether to stop: at the last resolution, once the bound
-is within the tolerance, or once the deadline has passed (keeping the best resolution so
-far). Re-running a run id resumes after its last persisted resolution.
+plain Dask tasks on the cluster (the workers split their blocks of W once and keep them);
+after it, the flow decides whether to stop: at the last resolution, once the bound is
+within the tolerance, or once the deadline has passed (keeping the best resolution so
+far), while a thread of its own commits the estimate and its guaranteed bound to the run
+directory and another shows the resolution in the UI. Re-running a run id resumes after
+its last persisted resolution.
 
 Faults end a run cleanly: an unreachable scheduler fails it before it writes anything, a
 scheduler lost mid-run fails it (within the client's timeout) with
@@ -205,9 +206,9 @@ def _layer_resolutions(
             now = time.time()
             if persisted is not None and persisted.done():
                 persisted.result()  # a commit that failed fails the run now
-            entry, files = _entry(outcome, clock.elapsed())
+            entry = _entry(outcome, clock.elapsed())
             entries.append(entry)
-            persisted = store.submit(_persist, run, entry, files, staged)
+            persisted = store.submit(_persist, run, entry, staged)
             # The next resolution reads this one from the staged file, or, once the store
             # moved it, from its final name.
             previous = (staged.estimate, run.array_path(entry["files"]["estimate"]))
@@ -251,17 +252,16 @@ def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Future[
     report.publish_resolution(key, entries, total, progress.result())
 
 
-def _entry(outcome: ResolutionOutcome, elapsed_s: float) -> tuple[dict[str, Any], dict[str, str]]:
-    """The manifest entry of a resolution, and its arrays' final relative paths by field."""
+def _entry(outcome: ResolutionOutcome, elapsed_s: float) -> dict[str, Any]:
+    """The manifest entry of a resolution, naming its arrays' final relative paths."""
     r = outcome.resolution
     files = {"estimate": f"resolution-{r}/estimate.npy", "bound": f"resolution-{r}/bound.npy"}
-    entry = {**dataclasses.asdict(outcome), "elapsed_s": elapsed_s, "files": files}
-    return entry, files
+    return {**dataclasses.asdict(outcome), "elapsed_s": elapsed_s, "files": files}
 
 
-def _persist(run: Run, entry: dict[str, Any], files: dict[str, str],
-             staged: StagedResolution) -> None:
+def _persist(run: Run, entry: dict[str, Any], staged: StagedResolution) -> None:
     """Commit a resolution's staged arrays under their final names, then list it."""
+    files = entry["files"]
     run.commit_arrays({files["estimate"]: staged.estimate, files["bound"]: staged.bound})
     run.record_resolution(entry)
 
