@@ -24,7 +24,6 @@ from layered.layering import (
     one_shot_cost,
     plan_inference,
 )
-from layered.layering import network as network_module
 from layered.layering.activations import PiecewiseLinear, leaky_relu, pl_sigmoid, relu
 from layered.layering.kernel import NumpyKernel
 
