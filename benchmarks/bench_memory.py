@@ -5,8 +5,8 @@ whole) and ``X`` (``--columns`` x ``--n``) as ``.npy`` files, starts a local Das
 of two process workers limited to ``--memory-limit`` each, runs ``matmul_flow`` on the
 files, and prints each worker's peak resident memory during the run (the kernel's
 ``VmHWM``, reset just before it) against the limit and the operand sizes. Workers read
-their rows of the operands from disk (memory-mapped ``.npy``) and keep the split blocks
-that fit in a quarter of their limit, splitting the others again at each resolution;
+their rows of the operands from disk (memory-mapped ``.npy``) and keep their split blocks
+while they use under 30% of their limit, splitting the others again at each resolution;
 a worker restarted by its nanny for exceeding the limit would show as a changed pid and
 fails the benchmark. The final estimate is checked against the exact truncated product,
 computed here by row blocks. The baseline, timed in the same run: the one-shot float64
@@ -153,8 +153,8 @@ def main() -> None:
           f" truncated product: {exact}; a worker restarted: {restarted}")
     layering = [entry["elapsed_s"] for entry in manifest["resolutions"]]
     prepare = manifest["stopped_at"] - manifest["started_at"] - layering[-1]
-    print(f"in the flow: operand preparation (split on the workers, kept within a quarter"
-          f" of each worker's limit)"
+    print(f"in the flow: operand preparation (split on the workers, kept while a worker"
+          f" uses under 30% of its limit)"
           f" {prepare:.1f} s, then resolutions done at " + ", ".join(
               f"{seconds:.1f}" for seconds in layering) + " s of layering")
     print(f"one-shot float64 W @ X by the same row blocks, in one process: {baseline_s:.2f} s,"

@@ -152,10 +152,11 @@ class ResolutionOutcome:
 #: its stamp, partition, rows) -> (split, off the grid), in the order they were kept.
 #: Missing one (not kept, another worker) costs one split again.
 _SPLITS: OrderedDict[tuple[object, ...], tuple[SplitOperand, bool]] = OrderedDict()
-#: A worker keeps splits while its resident memory stays under this share of its limit
-#: (below Dask's own 60% spill threshold); without a limit, while they hold at most
-#: SPLIT_BYTES_UNLIMITED bytes.
-SPLIT_SHARE, SPLIT_BYTES_UNLIMITED = 0.5, 1 << 30
+#: A worker keeps splits while its resident memory stays under this share of its limit,
+#: which leaves a block's own working memory (its rows in float64, digits, conversions:
+#: about 200 MiB for 512 rows of 16384) below Dask's 80% pause threshold; without a
+#: limit, while they hold at most SPLIT_BYTES_UNLIMITED bytes.
+SPLIT_SHARE, SPLIT_BYTES_UNLIMITED = 0.3, 1 << 30
 
 
 def split_rows(job: MatmulJob, rows: tuple[int, int]) -> tuple[bool, bool]:
