@@ -148,10 +148,12 @@ class ResolutionOutcome:
 
 
 # --------------------------------------------------------------------------- blocks
-#: Per worker process: row blocks of W split under their partition, by (operand file,
-#: its stamp, partition, rows) -> (split, off the grid), in the order they were kept.
-#: Missing one (not kept, another worker) costs one split again.
-_SPLITS: OrderedDict[tuple[object, ...], tuple[SplitOperand, bool]] = OrderedDict()
+#: (operand file, its stamp, partition, rows): a block of W in :data:`_SPLITS`.
+SplitKey = tuple[str, tuple[int, int], Partition, tuple[int, int]]
+#: Per worker process: row blocks of W split under their partition, by key -> (split,
+#: off the grid), in the order they were kept. Missing one (not kept, another worker)
+#: costs one split again.
+_SPLITS: OrderedDict[SplitKey, tuple[SplitOperand, bool]] = OrderedDict()
 #: A worker keeps splits while its resident memory stays under this share of its limit,
 #: which leaves a block's own working memory (its rows in float64, digits, conversions:
 #: about 200 MiB for 512 rows of 16384) below Dask's 80% pause threshold; without a
@@ -163,14 +165,20 @@ def split_rows(job: MatmulJob, rows: tuple[int, int]) -> tuple[bool, bool]:
     """Split rows ``start:stop`` of W (and all of X, once per worker) and keep them on this
     worker for the resolutions; whether W's rows and X had values off their partitions'
     grids (off a row's grid, for a per-row partition)."""
-    _, off_w = _w_rows(job, rows)
+    _, off_w = _w_rows(job, _split_key(job, rows))
     return off_w, _x_split(job.x, job.px, file_stamp(job.x.path))[1]
 
 
-def _w_rows(job: MatmulJob, rows: tuple[int, int]) -> tuple[SplitOperand, bool]:
-    key = (job.w.path, file_stamp(job.w.path), job.pw, rows)
+def _split_key(job: MatmulJob, rows: tuple[int, int]) -> SplitKey:
+    return job.w.path, file_stamp(job.w.path), job.pw, rows
+
+
+def _w_rows(job: MatmulJob, key: SplitKey) -> tuple[SplitOperand, bool]:
+    """W's rows of ``key`` split (kept, or split now and kept if the share allows), and
+    whether they were off the grid."""
     if key in _SPLITS:
         return _SPLITS[key]
+    rows = key[3]
     partition = job.pw.rows(*rows)
     components = partition.components(job.w.rows(*rows), name="W", row_stats=True)
     held = SplitOperand.from_components(components, partition, name="W"), bool(
@@ -180,7 +188,7 @@ def _w_rows(job: MatmulJob, rows: tuple[int, int]) -> tuple[SplitOperand, bool]:
     return held
 
 
-def _trim(current: tuple[object, ...]) -> None:
+def _trim(current: SplitKey) -> None:
     """Drop kept splits while they take more than their share: other operands' first, then
     the last kept of this one's. Never the first kept of this operand's: the resolutions
     visit its blocks in the same order each time, so dropping the oldest for the newest
@@ -243,8 +251,9 @@ def error_block(job: MatmulJob, estimates: tuple[str, ...], rows: tuple[int, int
     errors: list[tuple[float, float]] = []
     for path in estimates:
         estimate = np.load(path, mmap_mode="r")[rows[0] : rows[1]]
-        errors.append((_max_abs_difference(truncated, estimate),
-                       _max_abs_difference(given, estimate)))
+        error = _max_abs_difference(given, estimate)
+        errors.append((error if truncated is given else
+                       _max_abs_difference(truncated, estimate), error))
     return errors
 
 
@@ -275,12 +284,11 @@ def layer_block(
     job: MatmulJob, resolution: int, previous: tuple[str, str] | None,
     out: StagedResolution, rows: tuple[int, int],
 ) -> ResolutionOutcome:
-    start, stop = rows
-    w, _ = _w_rows(job, rows)
-    x, _ = _x_split(job.x, job.px, file_stamp(job.x.path))
+    split_key, x_stamp = _split_key(job, rows), file_stamp(job.x.path)
+    w, _ = _w_rows(job, split_key)
+    x, _ = _x_split(job.x, job.px, x_stamp)
     prev = None if previous is None else _previous_rows(previous, rows)
-    key = (job.w.path, file_stamp(job.w.path), job.x.path, file_stamp(job.x.path), job.pw,
-           job.px, job.order, rows)
+    key = (*split_key, job.x.path, x_stamp, job.px, job.order)
     for_resolution, kept = _KEPT.pop(key, (0, {}))
     res, kept = resolution_block(
         w, x, job.order, resolution, prev, truncation=job.truncation,
@@ -291,7 +299,7 @@ def layer_block(
         _KEPT[key] = (resolution + 1, kept)
         while len(_KEPT) > _KEPT_ENTRIES:
             _KEPT.popitem(last=False)
-    _trim((job.w.path, file_stamp(job.w.path), job.pw, rows))
+    _trim(split_key)  # the block's kernel conversions may have grown its split
     write_rows(out.estimate, rows, res.estimate)
     write_rows(out.bound, rows, res.bound)
     return ResolutionOutcome(

@@ -114,7 +114,7 @@ def test_blocks_kept_split_on_a_worker_or_split_again_give_layered_matmul(tmp_pa
     monkeypatch.setattr(blocks, "_SPLITS", type(blocks._SPLITS)())
     assert [split_rows(job, rows) for rows in job.blocks()] == [
         (False, True), (True, True), (False, True)]
-    kept = blocks._w_rows(job, (0, 16))[0]
+    kept = blocks._w_rows(job, blocks._split_key(job, (0, 16)))[0]
     previous = None
     for res in direct:
         staged = StagedResolution(str(tmp_path / f"e{res.resolution}.npy"),
@@ -132,7 +132,7 @@ def test_blocks_kept_split_on_a_worker_or_split_again_give_layered_matmul(tmp_pa
         previous = (staged.estimate, str(final))
     # the blocks' conversions for the kernel made room for the first block only
     assert [key[-1] for key in blocks._SPLITS] == [(0, 16)]
-    assert blocks._w_rows(job, (0, 16))[0] is kept
+    assert blocks._w_rows(job, blocks._split_key(job, (0, 16)))[0] is kept
 
 
 def test_decide_stops_at_the_last_resolution_the_tolerance_or_the_deadline():
