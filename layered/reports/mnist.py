@@ -200,10 +200,7 @@ def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_xticks(resolutions)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / f"{name}-resolutions.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir / f"{name}-resolutions.png"))
 
     cdf = report.pop("_cdf")
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -222,10 +219,7 @@ def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_ylabel("CDF")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / f"{name}-cdfs.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir / f"{name}-cdfs.png"))
 
     none_rows = report["rules"]["none"]["resolutions"]
     if "roc" in none_rows[0]:
@@ -246,11 +240,18 @@ def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
                title=f"{name}: ROC curves")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        paths.append(out_dir / f"{name}-roc.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save(fig, out_dir / f"{name}-roc.png"))
     return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` as a PNG and close it; ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _plot_cdf(ax: Any, values: np.ndarray, label: str) -> None:
