@@ -13,8 +13,8 @@ Prints, in one run (each ``layered`` invocation a fresh process, as a user would
    default 2048 x 2048 x 512, measured interleaved, median of ``--repeats``. Compute is
    the whole :func:`layered_matmul` (every resolution, with the kernel the run takes for
    the shape, :func:`layered.request.run_kernel`; warm: the kernel's one-time import and
-   first call are made before any timing) on the same
-   operands held in memory in this process. The flow wall is the flow run's time, so its
+   first call are made before any timing) on the same operands held in memory in this
+   process. The flow wall is the flow run's time, so its
    overhead includes generating the operands to disk, splitting them on the workers,
    persisting every resolution, the error measurement (a float64 one-shot product, after
    the layering), the plots and the Prefect API; the figure "until the last resolution"

@@ -83,7 +83,7 @@ def _flow_run_name() -> str:
 @flow(
     name="layered-mnist",
     flow_run_name=_flow_run_name,
-    task_runner=dask_task_runner(Settings.from_env(), warm_kernel=False),
+    task_runner=dask_task_runner(Settings.from_env()),
     validate_parameters=True,
 )
 def mnist_flow(

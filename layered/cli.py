@@ -412,7 +412,6 @@ def _run_flow(
     The server, the cluster and the import of the flow (and Prefect) start side by side;
     at the end the cluster closes while the server stops.
     """
-
     from layered.cluster import close_cluster, cluster_client, local_cluster
     from layered.server import prefect_api, wait_ready
 

@@ -156,8 +156,8 @@ def local_cluster(settings: Settings, warm_kernel: bool = False, **options: Any)
     """A LocalCluster of ``settings.n_workers`` process workers (a context manager).
 
     With ``warm_kernel`` (a run whose kernel may be torch) the workers resolve the product
-    kernel as they start (:mod:`layered.tasks.kernel_warm_up`). ``options`` are further LocalCluster
-    arguments (``memory_limit="512MiB"``, say).
+    kernel as they start (:mod:`layered.tasks.kernel_warm_up`). ``options`` are further
+    LocalCluster arguments (``memory_limit="512MiB"``, say).
     """
     from distributed import LocalCluster
 
