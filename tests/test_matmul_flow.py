@@ -374,8 +374,11 @@ def test_the_console_script_exits_promptly_and_its_runs_events_and_logs_reach_th
         (flow_run,) = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
     expected = {f"{kind}-{r}" for kind in ("resolution", "decide") for r in (1, 2, 3)}
-    deadline = time.time() + 30  # the server records task runs from their events
-    while not expected <= set(names := _task_runs(flow_run.id)) and time.time() < deadline:
+    def recorded(names):
+        return expected <= set(names) and all(names[n] == "Completed" for n in expected)
+
+    deadline = time.time() + 30  # the server records task runs from their events, later
+    while not recorded(names := _task_runs(flow_run.id)) and time.time() < deadline:
         time.sleep(0.5)
     assert expected <= set(names), names
     assert all(names[n] == "Completed" for n in expected), names
