@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .kernel import over_row_blocks, scratch
+from .fused import fused_split, fused_split_usable
+from .kernel import over_row_blocks, scratch, thread_count
 
 __all__ = ["Partition", "PartitionRangeError", "Components", "SCALING_AXES"]
 
@@ -49,6 +50,9 @@ _MAX_SPAN_BITS = 62
 # (a few MiB per thread) then live in L3 rather than L2. 8192x8192 float64 split in 2**16
 # element blocks took 163 ms here, in 2**18 111 ms, in 2**19 104 ms.
 _BLOCK = 1 << 18
+
+# Tests set this to split small arrays in the compiled pass too (where numba is installed).
+_force_fused = False
 
 
 class PartitionRangeError(ValueError):
@@ -447,9 +451,14 @@ class Partition:
         flat = _as_numeric(arr, name).reshape(-1)
         shape = np.shape(arr)
         shifts = None if offsets is None else _Shifts(-offsets.ravel(), self.axis, shape)
-        digits = [np.empty(flat.shape, dtype=_digit_dtype(w)) for w in self.widths]
-        # blocks of whole rows where a row fits one, so a block also gives its rows' stats
         columns = int(shape[1]) if len(shape) == 2 else 0
+        dtypes = [np.dtype(_digit_dtype(w)) for w in self.widths]
+        if offsets is None and fused_split_usable(flat, dtypes, self.points[0] - self.points[-1],
+                                                  force=_force_fused):
+            return self._fused_components(arr, name, flat, shape, columns, row_stats,
+                                          n_clipped, clip)
+        digits = [np.empty(flat.shape, dtype=dtype) for dtype in dtypes]
+        # blocks of whole rows where a row fits one, so a block also gives its rows' stats
         stats = None
         if row_stats and 0 < columns <= _BLOCK:
             stats = [np.empty((2, shape[0]), dtype=np.int64) for _ in self.widths]
@@ -476,6 +485,28 @@ class Partition:
             abs_max=None if clip else max((s[0] for s in found), default=0.0),
             off_grid=None if clip else any(s[1] for s in found),
             offsets=offsets, row_stats=stats,
+        )
+
+    def _fused_components(self, arr: np.ndarray, name: str, flat: np.ndarray,
+                          shape: tuple[int, ...], columns: int, row_stats: bool,
+                          n_clipped: int, clip: bool) -> Components:
+        """:meth:`components` of an unscaled partition in one compiled pass
+        (:mod:`.fused`): the same digits, statistics and flags as the numpy passes."""
+        flat = np.ascontiguousarray(flat)
+        digits = np.empty((self.m, flat.size), dtype=_digit_dtype(max(self.widths)))
+        stats = None
+        if row_stats and 0 < columns <= _BLOCK:  # as the numpy passes give them
+            stats = np.empty((self.m, 2, shape[0]), dtype=np.int64)
+        top, bad, off_grid = fused_split(flat, digits, self.points, self.limit, stats,
+                                         columns, thread_count())
+        if bad:
+            self.check(arr, name)  # raises, naming the offending value
+        abs_max = float(np.array(top, dtype=np.int64 if flat.dtype == np.float64 else np.int32)
+                        .view(flat.dtype))
+        return Components(
+            [d.reshape(shape) for d in digits], self.exponents, self.widths, n_clipped,
+            abs_max=None if clip else abs_max, off_grid=None if clip else off_grid,
+            row_stats=None if stats is None else list(stats),
         )
 
     def _scratch(self, flat: np.ndarray, size: int, shifts: _Shifts | None = None

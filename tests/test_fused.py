@@ -1,0 +1,147 @@
+"""The compiled one-pass split (numba) gives what the numpy passes give, bit for bit."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from layered.layering import (
+    Partition,
+    PartitionRangeError,
+    SplitOperand,
+    fused,
+    layered_matmul,
+    partition,
+)
+
+pytest.importorskip("numba")
+
+
+def both_ways(split):
+    """``split()`` with the numpy passes, then with the compiled pass."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("LAYERED_NUMBA", "0")
+        numpy_way = split()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(partition, "_force_fused", True)
+        m.setattr(fused, "_load", _counting(fused._load))
+        compiled = split()
+        assert _counting.calls, "the compiled pass did not run"
+    return numpy_way, compiled
+
+
+def _counting(load):
+    _counting.calls = 0
+
+    def counted():
+        _counting.calls += 1
+        return load()
+
+    return counted
+
+
+def assert_same(a, b):
+    assert (a.abs_max, a.off_grid, a.clipped) == (b.abs_max, b.off_grid, b.clipped)
+    assert a.exponents == b.exponents and a.widths == b.widths
+    for x, y in zip(a.digits, b.digits, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x, y)
+    assert (a.row_stats is None) == (b.row_stats is None)
+    for x, y in zip(a.row_stats or [], b.row_stats or [], strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@st.composite
+def cases(draw):
+    # one digit dtype for all components (the compiled pass's case): widths up to 7 bits
+    # (int8) or 8..15 (int16)
+    wide = draw(st.booleans())
+    widths = draw(st.lists(st.integers(8, 15) if wide else st.integers(1, 7),
+                           min_size=1, max_size=3))
+    p0 = draw(st.integers(-8, 30))
+    points = [p0]
+    for w in widths:
+        points.append(points[-1] - w)
+    p = Partition(points)
+    rows, columns = draw(st.integers(1, 40)), draw(st.integers(1, 300))
+    dtype = draw(st.sampled_from([np.float64, np.float32]))
+    return p, (rows, columns), dtype, draw(st.integers(0, 2**32 - 1)), draw(st.booleans())
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=cases())
+def test_compiled_split_equals_the_numpy_passes(case):
+    p, shape, dtype, seed, on_grid = case
+    rng = np.random.default_rng(seed)
+    top = p.limit - p.resolution  # the largest magnitude on the finest grid
+    a = rng.uniform(-1, 1, shape) * p.limit
+    if on_grid:
+        a = p.truncate(np.clip(a, -top, top))
+    # digits at their extremes: the largest value of either sign, the finest step, zeros
+    flat = a.reshape(-1)
+    extremes = [top, -top, p.resolution, -p.resolution, 0.0, -0.0]
+    flat[: len(extremes)] = extremes[: flat.size]
+    a = a.astype(dtype)
+    if np.any(np.abs(a) >= p.limit):  # float32 rounding may reach 2**p0
+        a = np.where(np.abs(a) >= p.limit, 0, a).astype(dtype)
+    for row_stats in (False, True):
+        assert_same(*both_ways(lambda rs=row_stats: p.components(a, row_stats=rs)))
+
+
+@pytest.mark.parametrize("points", [(8, 4, 0), (14, 7, 0), (40, 20, 0), (20, 10, 0, -10)])
+def test_compiled_split_at_every_span(points):
+    # int16 and int32 digits, spans beyond 31 bits; values at the edges of every component
+    p = Partition(points)
+    edges = [p.limit - p.resolution, p.resolution] + [math.ldexp(1.0, e) for e in p.exponents]
+    a = np.concatenate([edges, np.negative(edges),
+                        np.random.default_rng(1).uniform(-1, 1, 5000) * p.limit])
+    assert_same(*both_ways(lambda: p.components(a)))
+
+
+def test_compiled_split_names_the_bad_value_like_the_numpy_passes(monkeypatch):
+    p = Partition((8, 4, 0))
+    a = np.random.default_rng(2).uniform(-255, 255, (300, 400))
+    monkeypatch.setattr(partition, "_force_fused", True)
+    a[250, 399] = 256.0
+    with pytest.raises(PartitionRangeError, match=r"a\[250, 399\] = 256\.0 is out of range"):
+        p.components(a)
+    a[250, 399], a[10, 3] = 1.0, np.nan
+    with pytest.raises(ValueError, match=r"a\[10, 3\] = nan is not finite"):
+        p.components(a)
+    monkeypatch.undo()
+    clipped = both_ways(lambda: p.components(np.full((3, 5), 400.0), clip=True))
+    assert_same(*clipped)
+    assert clipped[1].clipped == 15 and clipped[1].abs_max is None
+
+
+def test_layered_product_on_compiled_splits_equals_one_shot(monkeypatch):
+    monkeypatch.setattr(partition, "_force_fused", True)
+    rng = np.random.default_rng(4)
+    p = Partition((8, 4, 0))
+    w = rng.integers(-255, 256, (64, 96)).astype(np.float64)
+    x = rng.integers(-255, 256, (96, 5)).astype(np.float32)
+    results = list(layered_matmul(w, x, p, p, kernel="numpy"))
+    np.testing.assert_array_equal(results[-1].estimate, w @ x.astype(np.float64))
+    for r in results:
+        assert np.all(np.abs(w @ x.astype(np.float64) - r.estimate) <= r.bound)
+    split = SplitOperand(w, p, name="W")
+    assert split.components.row_stats is None or len(split.components.row_stats) == 2
+
+
+def test_the_size_rule_and_the_switch(monkeypatch):
+    small = np.zeros(10)
+    dtypes = [np.dtype(np.int8)]
+    assert fused.fused_split_usable(small, dtypes, 8, force=True)
+    monkeypatch.setenv("LAYERED_NUMBA", "0")
+    assert not fused.fused_split_usable(small, dtypes, 8, force=True)
+    monkeypatch.delenv("LAYERED_NUMBA")
+    # integers, mixed digit dtypes and spans beyond int64 stay with the numpy passes
+    assert not fused.fused_split_usable(np.zeros(10, np.int32), dtypes, 8, force=True)
+    assert not fused.fused_split_usable(small, dtypes + [np.dtype(np.int16)], 8, force=True)
+    assert not fused.fused_split_usable(small, dtypes, 63, force=True)
+    # a small array is not worth loading numba for; a large one is
+    monkeypatch.setattr(fused, "_MIN_VALUES_LOADED", 100)
+    assert not fused.fused_split_usable(small, dtypes, 8)
+    assert fused.fused_split_usable(np.zeros(100), dtypes, 8)  # numba is loaded by now
