@@ -38,6 +38,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .memory import output
+
 __all__ = [
     "ProductKernel",
     "NumpyKernel",
@@ -214,13 +216,15 @@ class NumpyKernel:
         return out
 
     def product(self, a: Any, b: Any) -> Any:
+        if np.ndim(a) == 2 and np.ndim(b) == 2:
+            return np.matmul(a, b, out=output((a.shape[0], b.shape[1]), np.result_type(a, b)))
         return np.matmul(a, b)
 
     def products(self, a: Any, bs: list[Any]) -> list[Any]:
         # Row blocks of `a` small enough to stay in cache serve every b in turn, so a
         # memory-bound product reads `a` once. (One GEMM against the side-by-side bs would
         # too, but BLAS is much slower for a thin GEMM than for repeated GEMVs.)
-        outs = [np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b)) for b in bs]
+        outs = [output((a.shape[0], b.shape[1]), np.result_type(a, b)) for b in bs]
         rows = max(1, _PANEL_BLOCK_BYTES // max(1, a.shape[1] * a.itemsize))
         for start in range(0, a.shape[0], rows):
             block = a[start : start + rows]
@@ -238,7 +242,7 @@ class NumpyKernel:
         if digits.dtype.itemsize >= dtype.itemsize or dtype.kind != "f":
             return None
         m, k = digits.shape
-        outs = [np.empty((m, b.shape[1]), dtype=dtype) for b in bs]
+        outs = [output((m, b.shape[1]), dtype) for b in bs]
         rows = max(1, _PANEL_BLOCK_BYTES // 4 // max(1, k * dtype.itemsize))
 
         def block(start: int, stop: int) -> None:
@@ -258,7 +262,7 @@ class NumpyKernel:
         # scale each product is multiplied by anyway; per-column ones are one product of
         # the block while it is in cache.
         shape = np.shape(terms[0][1][0][1])
-        out = np.empty(shape, dtype=np.float64)
+        out = output(shape, np.float64)
         prev = None if previous is None else np.asarray(previous)
         fused = rescale is not None and rescale.exact
         columns = rescale.column_scales() if fused and rescale is not None else 1.0
@@ -290,7 +294,7 @@ class NumpyKernel:
         # product (the same single rounding as a GEMM of inner size one, without BLAS's
         # overhead for it).
         m, (pairs, n) = row_sum.shape[0], col_sum.shape
-        out = np.empty((m, n), dtype=np.float64)
+        out = output((m, n), np.float64)
         col_max, col_sum = col_max * slack, col_sum * slack
         outer = np.multiply if pairs == 1 else np.matmul
         rows = _rows_per_block((m, n))
