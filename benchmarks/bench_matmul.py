@@ -38,6 +38,7 @@ from collections.abc import Callable
 import numpy as np
 
 from layered.layering import Partition, SplitOperand, layered_matmul, resolve_kernel
+from layered.layering.fused import describe as describe_split
 from layered.layering.kernel import INT8_ENGINE_FLAGS, KernelUnavailableError, cpu_flags
 
 P = Partition((8, 4, 0))
@@ -176,6 +177,7 @@ def main() -> None:
     kernels = args.kernels or (["numpy"] + (["torch"] if auto.startswith("torch") else []))
     print(f"CPU: {cpu['model']}; flags: {' '.join(cpu['flags']) or '-'}; {cpu['torch']}")
     print(f"kernel='auto' chooses: {auto}")
+    print(f"operand split: {describe_split()}")
     print(f"8-bit operands split 4+4, anti-diagonal; median ratio of {args.repeats}"
           " interleaved runs; f64 = one-shot float64 W @ X, f32 = one float32 GEMM")
     report: dict = {"cpu": cpu, "auto": auto, "kernels": {}}

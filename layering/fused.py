@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FusedSplit", "fused_split", "fused_split_usable"]
+__all__ = ["FusedSplit", "describe", "fused_split", "fused_split_usable"]
 
 # Below this many values numpy's passes cost less than loading numba would.
 _MIN_VALUES = 1 << 24
@@ -60,6 +60,20 @@ def fused_split_usable(values: np.ndarray, digit_dtypes: Sequence[np.dtype], spa
         if values.size < (_MIN_VALUES_LOADED if loaded else _MIN_VALUES):
             return False
     return _load() is not None
+
+
+def describe() -> str:
+    """Which split runs here, for benchmark headers."""
+    if os.environ.get("LAYERED_NUMBA", "1") == "0":
+        return "numpy passes (LAYERED_NUMBA=0)"
+    from importlib import metadata
+
+    try:  # (without importing it: that would change the size rule)
+        version = metadata.version("numba")
+    except metadata.PackageNotFoundError:
+        return "numpy passes (numba not installed)"
+    return (f"one compiled pass (numba {version}) from {_MIN_VALUES:,} values, or"
+            f" {_MIN_VALUES_LOADED:,} once numba is loaded; numpy passes below")
 
 
 def fused_split(flat: np.ndarray, digits: np.ndarray, points: Sequence[int], limit: float,

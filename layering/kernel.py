@@ -512,9 +512,9 @@ class TorchKernel(NumpyKernel):
             out = torch._int_mm(a.tensor, b.as_right(a.tensor.shape[1]))
             return out[: a.rows, : b.cols]
         if isinstance(a, np.ndarray) and a.dtype == np.int8:
-            # numpy's large arrays are advised onto huge pages, torch's are not: first
-            # touching the product costs several times less in numpy's memory
-            out = np.empty((a.shape[0], b.shape[1]), dtype=np.int32)
+            # numpy's memory, not torch's: reused pages (memory.output), and where fresh
+            # ones are needed numpy's are advised onto huge pages, torch's are not
+            out = output((a.shape[0], b.shape[1]), np.int32)
             torch._int_mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
             return out
         if self.resident and isinstance(a, np.ndarray):
