@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from .fused import fused_split, fused_split_usable
 from .kernel import over_row_blocks, scratch, thread_count
+from .memory import output
 
 __all__ = ["Partition", "PartitionRangeError", "Components", "SCALING_AXES"]
 
@@ -493,7 +494,7 @@ class Partition:
         """:meth:`components` of an unscaled partition in one compiled pass
         (:mod:`.fused`): the same digits, statistics and flags as the numpy passes."""
         flat = np.ascontiguousarray(flat)
-        digits = np.empty((self.m, flat.size), dtype=_digit_dtype(max(self.widths)))
+        digits = output((self.m, flat.size), _digit_dtype(max(self.widths)))
         stats = None
         if row_stats and 0 < columns <= _BLOCK:  # as the numpy passes give them
             stats = np.empty((self.m, 2, shape[0]), dtype=np.int64)
