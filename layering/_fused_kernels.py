@@ -74,3 +74,21 @@ def row_split(flat, bits, mask, digits, stats, shifts, widths, limit, scale, col
                 stats[c, 0, row] = total
                 stats[c, 1, row] = largest
     return found[:, 0].max(), found[:, 1].sum(), found[:, 2].sum()
+
+
+@numba.njit(parallel=True, **JIT)
+def int_products(a, columns, out, blocks):
+    # out[i, j] = a[i] . columns[j] in int32, exact while every partial sum stays below
+    # 2**31 (the caller's check): row blocks on every core, each row read once for all
+    # the columns, which stay in cache.
+    m, k = a.shape
+    step = -(-m // blocks)
+    for b in numba.prange(blocks):
+        for i in range(b * step, min(m, (b + 1) * step)):
+            row = a[i]
+            for j in range(columns.shape[0]):
+                column = columns[j]
+                total = np.int32(0)
+                for t in range(k):
+                    total += np.int32(row[t]) * column[t]
+                out[i, j] = total

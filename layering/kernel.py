@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .fused import thin_products
 from .memory import output
 
 __all__ = [
@@ -237,8 +238,16 @@ class NumpyKernel:
         """``[prepare(digits) @ b for b in bs]`` for thin ``bs``, converting ``digits`` row
         block by row block in cache, so memory sees only the narrow digits once.
 
+        Where numba is installed, a few columns in all take the digits as they are, with
+        int32 sums (:func:`.fused.thin_products`): float32 holds every partial sum exactly
+        below 2**24, int32 below 2**31.
+
         None where this kernel has nothing better than ``products`` on prepared digits.
         """
+        if dtype == np.float32:
+            thin = thin_products(digits, bs, 2**24)
+            if thin is not None:
+                return thin
         if digits.dtype.itemsize >= dtype.itemsize or dtype.kind != "f":
             return None
         m, k = digits.shape
@@ -329,7 +338,7 @@ def _scaled_sum(signed: list[tuple[int, Any]], scale: float | np.ndarray, start:
     """
     (sign, first), rest = signed[0], signed[1:]
     dtype = np.asarray(first).dtype
-    if rest and dtype.kind == "i":
+    if rest and dtype.kind == "i" and all(np.asarray(p).dtype == dtype for _, p in rest):
         part = first[start:stop]
         whole = scratch("scaled-sum", part.size, dtype).reshape(part.shape)
         np.multiply(part, sign, out=whole)

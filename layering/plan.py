@@ -248,4 +248,7 @@ class ProductPlan:
                 outs = self.kernel.products(left, rights)
         for jj, out in zip(columns, outs, strict=True):
             self._kept[(i, jj)] = out
-        return 2 * self.w.shape[0] * self.inner * self.x.shape[1] * len(columns), [dtype.name]
+        ran = dtype
+        if isinstance(outs[0], np.ndarray) and outs[0].dtype.kind != dtype.kind:
+            ran = self.w.components.digits[i].dtype  # thin products: the digits as they are
+        return 2 * self.w.shape[0] * self.inner * self.x.shape[1] * len(columns), [ran.name]

@@ -145,3 +145,38 @@ def test_the_size_rule_and_the_switch(monkeypatch):
     monkeypatch.setattr(fused, "_MIN_VALUES_LOADED", 100)
     assert not fused.fused_split_usable(small, dtypes, 8)
     assert fused.fused_split_usable(np.zeros(100), dtypes, 8)  # numba is loaded by now
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16])
+def test_thin_products_on_the_digits_equal_the_integer_products(dtype):
+    rng = np.random.default_rng(6)
+    top = np.iinfo(dtype).max
+    digits = rng.integers(-top, top + 1, (300, 257)).astype(dtype)
+    digits[0] = top  # a row at the extreme, against columns at theirs
+    rights = [rng.integers(-15, 16, (257, n)).astype(np.float32) for n in (1, 3)]
+    rights[0][:, 0] = 15
+    got = fused.thin_products(digits, rights, 2**24, force=True)
+    assert got is not None
+    for out, right in zip(got, rights, strict=True):
+        assert out.dtype == np.int32
+        np.testing.assert_array_equal(out, digits.astype(np.int64) @ right.astype(np.int64))
+    # partial sums beyond int32, wide right operands, or float digits: not this path
+    assert fused.thin_products(digits, rights, 2**32, force=True) is None
+    assert fused.thin_products(digits, [np.zeros((257, 9), np.float32)], 2**24,
+                               force=True) is None
+    assert fused.thin_products(digits.astype(np.float32), rights, 2**24, force=True) is None
+
+
+def test_layered_gemv_on_compiled_splits_and_thin_products(monkeypatch):
+    monkeypatch.setattr(fused, "_MIN_VALUES", 1)
+    monkeypatch.setattr(fused, "_MIN_VALUES_LOADED", 1)
+    rng = np.random.default_rng(7)
+    p = Partition((8, 4, 0))
+    w = rng.integers(-255, 256, (500, 700)).astype(np.float64)
+    x = rng.integers(-255, 256, (700, 2)).astype(np.float64)
+    exact = w @ x
+    results = list(layered_matmul(w, x, p, p, kernel="numpy"))
+    assert "int8" in results[0].dtypes  # the digits as they are, not converted
+    np.testing.assert_array_equal(results[-1].estimate, exact)
+    for r in results:
+        assert np.all(np.abs(exact - r.estimate) <= r.bound)
