@@ -52,16 +52,18 @@ def fused_split_usable(values: np.ndarray, digit_dtypes: Sequence[np.dtype], spa
     It covers float32 and float64 values, digits of one integer dtype, and spans of up
     to 62 bits; ``force`` skips the size rule (tests use it on small arrays).
     """
-    if _unavailable or os.environ.get("LAYERED_NUMBA", "1") == "0":
-        return False
     if values.dtype not in (np.float32, np.float64) or values.size == 0 or span > 62:
         return False
-    if len(set(digit_dtypes)) != 1:
+    return len(set(digit_dtypes)) == 1 and _worth(values.size, force)
+
+
+def _worth(size: int, force: bool) -> bool:
+    """Is numba wanted (``LAYERED_NUMBA``), installed, and worth loading for ``size``
+    values (or loaded already)?"""
+    if _unavailable or os.environ.get("LAYERED_NUMBA", "1") == "0":
         return False
-    if not force:
-        loaded = "numba" in sys.modules
-        if values.size < (_MIN_VALUES_LOADED if loaded else _MIN_VALUES):
-            return False
+    if not force and size < (_MIN_VALUES_LOADED if "numba" in sys.modules else _MIN_VALUES):
+        return False
     return _load() is not None
 
 
@@ -126,12 +128,7 @@ def thin_products(digits: np.ndarray, rights: Sequence[np.ndarray], exact_below:
     if (digits.ndim != 2 or digits.dtype not in (np.int8, np.int16) or exact_below > 2**31
             or columns > _THIN_COLUMNS or not digits.flags.c_contiguous):
         return None
-    if _unavailable or os.environ.get("LAYERED_NUMBA", "1") == "0":
-        return None
-    if not force and digits.size < (_MIN_VALUES_LOADED if "numba" in sys.modules
-                                    else _MIN_VALUES):
-        return None
-    if _load() is None:
+    if not _worth(digits.size, force):
         return None
     from . import _fused_kernels
     from .kernel import thread_count
