@@ -43,6 +43,7 @@ _unavailable = False
 # numba's fallback threading layer (where neither OpenMP nor TBB is found) aborts the
 # process when two threads launch parallel work at once: one launch at a time.
 _launch = threading.Lock()
+_launched_in: int | None = None
 
 
 def fused_split_usable(values: np.ndarray, digit_dtypes: Sequence[np.dtype], span: int,
@@ -62,6 +63,8 @@ def _worth(size: int, force: bool) -> bool:
     values (or loaded already)?"""
     if _unavailable or os.environ.get("LAYERED_NUMBA", "1") == "0":
         return False
+    if _launched_in not in (None, os.getpid()):
+        return False  # a fork of a process that ran parallel work (see _launch_with)
     if not force and size < (_MIN_VALUES_LOADED if "numba" in sys.modules else _MIN_VALUES):
         return False
     return _load() is not None
@@ -147,8 +150,15 @@ def thin_products(digits: np.ndarray, rights: Sequence[np.ndarray], exact_below:
 
 
 def _launch_with(threads: int, kernel: Callable[..., Any], *args: Any) -> Any:
-    """``kernel(*args)`` on ``threads`` threads, its blocks handed out one at a time."""
+    """``kernel(*args)`` on ``threads`` threads, its blocks handed out one at a time.
+
+    GNU OpenMP, numba's usual threading layer, hangs in a forked child of a process that
+    used it: such a child takes the numpy passes instead (the pid is remembered here).
+    """
+    global _launched_in
     import numba
+
+    _launched_in = os.getpid()
 
     most = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
     with _launch:

@@ -180,3 +180,12 @@ def test_layered_gemv_on_compiled_splits_and_thin_products(monkeypatch):
     np.testing.assert_array_equal(results[-1].estimate, exact)
     for r in results:
         assert np.all(np.abs(exact - r.estimate) <= r.bound)
+
+
+def test_a_forked_child_of_a_process_that_ran_the_compiled_pass_takes_the_numpy_passes(
+        monkeypatch):
+    fused.thin_products(np.ones((4, 4), np.int8), [np.ones((4, 1), np.float32)], 2**24,
+                        force=True)
+    assert fused._launched_in is not None
+    monkeypatch.setattr(fused, "_launched_in", fused._launched_in + 1)  # as in a child
+    assert not fused.fused_split_usable(np.zeros(10), [np.dtype(np.int8)], 8, force=True)
