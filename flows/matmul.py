@@ -220,7 +220,7 @@ def _layer_resolutions(
             # moved it, from its final name.
             if following is not None:
                 previous, staged = following.previous, following.out
-            ui.submit(_show, key, list(entries), total, progress, persisted)
+            ui.submit(_show, key, list(entries), total, progress, persisted, entries)
             # The decision is a pure function of these values: the flow takes it at once,
             # and its Prefect task run (the same call, same values) is recorded off the
             # layering's path, before its line.
@@ -254,11 +254,19 @@ def _measure_errors(run: Run, job: MatmulJob, ui: lifecycle.Publisher) -> None:
 
 
 def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Future[UUID],
-          persisted: Future[None]) -> None:
+          persisted: Future[None], known: list[dict[str, Any]]) -> None:
     """The latest resolution in the log and the UI (its table row and the progress), once
-    it is persisted."""
+    it is persisted.
+
+    The UI part is left to the next resolution's call when the flow already has the next
+    resolution (``known``, the flow's list): each artifact costs the Prefect server about
+    10 ms of CPU, which the workers share on a small machine, and the next table has this
+    row too.
+    """
     persisted.result()
     report.announce(report.progress_line(entries[-1], total))
+    if len(known) > len(entries):
+        return
     report.publish_resolution(key, entries, total, progress.result())
 
 
