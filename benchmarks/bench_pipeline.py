@@ -29,7 +29,12 @@ after (other processes on the machine inflate every figure).
 Usage::
 
     python benchmarks/bench_pipeline.py [--repeats 3] [--data-dir ../shared/data/mnist]
-        [--json out.json]
+        [--json out.json] [--parts new,existing,mnist,kept,large]
+
+``--parts`` measures only some figures (to iterate quickly): ``new`` and ``existing`` the
+first two end-to-end runs, ``mnist`` the mnist run, ``kept`` the runs with the server kept
+up (end to end, per resolution, overhead at the default shape), ``large`` the overhead at
+4096 x 4096 x 1024 (with the server kept up).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from layered.settings import Settings
 LAYERED = str(Path(sys.executable).with_name("layered"))
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 LARGE = (4096, 4096, 1024)
+PARTS = ("new", "existing", "mnist", "kept", "large")
 
 
 def cpu_line() -> str:
@@ -128,76 +134,107 @@ def steps(elapsed: list[float]) -> list[float]:
     return [b - a for a, b in zip([0.0, *elapsed], elapsed, strict=False)]
 
 
+def parts(text: str) -> set[str]:
+    chosen = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = chosen - set(PARTS)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown parts {sorted(unknown)}; choose among {','.join(PARTS)}")
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--parts", type=parts, default=set(PARTS),
+                        help=f"comma-separated figures to measure (default all: {','.join(PARTS)})")
     args = parser.parse_args()
     default = tuple(Settings().shape)
     print(f"CPU: {cpu_line()}")
     print(f"load average before: {load()}")
     results: dict[str, Any] = {"cpu": cpu_line(), "load_before": load()}
+    fresh: dict[str, Any] = {}
+    existing: list[dict[str, Any]] = []
+    mnist_runs: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []
+    orchestration: list[float] = []
+    overhead: dict[tuple[int, int, int], list[float]] = {default: [], LARGE: []}
+    layering: dict[tuple[int, int, int], list[float]] = {default: [], LARGE: []}
+    computes: dict[tuple[int, int, int], list[float]] = {default: [], LARGE: []}
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items()
                if k != "PREFECT_API_URL" and not k.startswith("LAYERED_")}
         env.update(LAYERED_PREFECT_HOME=f"{tmp}/prefect", LAYERED_STORE=f"{tmp}/runs")
         matmul = ["run", "matmul"]
-        fresh = timed_run(matmul, env)
-        existing = [timed_run(matmul, env) for _ in range(args.repeats)]
-        mnist = ["run", "mnist", "--data-dir", str(args.data_dir)]
-        subprocess.run([LAYERED, "run", "train", "--data-dir", str(args.data_dir)], env=env,
-                       check=True, capture_output=True)
-        mnist_runs = [timed_run(mnist, env) for _ in range(args.repeats)]
-        subprocess.run([LAYERED, "server", "start"], env=env, check=True, capture_output=True)
-        for shape in (default, LARGE):  # each kernel's import and first call, untimed
+        if "new" in args.parts:
+            fresh = timed_run(matmul, env)
+        if "existing" in args.parts:
+            existing = [timed_run(matmul, env) for _ in range(args.repeats)]
+        if "mnist" in args.parts:
+            mnist = ["run", "mnist", "--data-dir", str(args.data_dir)]
+            subprocess.run([LAYERED, "run", "train", "--data-dir", str(args.data_dir)],
+                           env=env, check=True, capture_output=True)
+            mnist_runs = [timed_run(mnist, env) for _ in range(args.repeats)]
+        shapes = [s for s, part in ((default, "kept"), (LARGE, "large")) if part in args.parts]
+        if shapes:
+            subprocess.run([LAYERED, "server", "start"], env=env, check=True,
+                           capture_output=True)
+        for shape in {default, *shapes}:  # each kernel's import and first call, untimed
             library_times(shape)
         try:
-            kept, orchestration = [], []
-            overhead: dict[tuple[int, int, int], list[float]] = {default: [], LARGE: []}
-            layering: dict[tuple[int, int, int], list[float]] = {default: [], LARGE: []}
-            computes: dict[tuple[int, int, int], list[float]] = {default: [], LARGE: []}
-            for i in range(args.repeats):
-                row = timed_run(matmul, env, Path(tmp) / f"kept-{i}.json")
-                kept.append(row)
+            for i in range(args.repeats if shapes else 0):
                 library = library_times(default)
-                orchestration += [f - c for f, c in
-                                  zip(steps(row["elapsed_s"]), library, strict=True)]
-                for shape in (default, LARGE):
-                    compute = sum(library) if shape == default else sum(library_times(shape))
-                    ran = row if shape == default else timed_run(
-                        [*matmul, "--shape", *map(str, shape)], env,
-                        Path(tmp) / f"large-{i}.json")
+                for shape in shapes:
+                    if shape == default:
+                        ran = timed_run(matmul, env, Path(tmp) / f"kept-{i}.json")
+                        kept.append(ran)
+                        orchestration += [f - c for f, c in
+                                          zip(steps(ran["elapsed_s"]), library, strict=True)]
+                        compute = sum(library)
+                    else:
+                        compute = sum(library_times(shape))
+                        ran = timed_run([*matmul, "--shape", *map(str, shape)], env,
+                                        Path(tmp) / f"large-{i}.json")
                     computes[shape].append(compute)
                     overhead[shape].append((ran["flow_s"] - compute) / compute)
                     layering[shape].append((ran["layering_s"] - compute) / compute)
         finally:
-            subprocess.run([LAYERED, "server", "stop"], env=env, capture_output=True)
+            if shapes:
+                subprocess.run([LAYERED, "server", "stop"], env=env, capture_output=True)
 
     def median(rows: list[dict[str, Any]], key: str) -> float:
-        return statistics.median(r[key] for r in rows)
+        return statistics.median(r[key] for r in rows) if rows else math.nan
+
+    def median_of(values: list[float]) -> float:
+        return statistics.median(values) if values else math.nan
 
     lines = [
-        ("default matmul, new Prefect home (s)", fresh["total_s"], "<= 25"),
+        ("default matmul, new Prefect home (s)", fresh.get("total_s", math.nan), "<= 25"),
         ("default matmul, existing home (s)", median(existing, "total_s"), "<= 12"),
         ("default matmul, server kept up (s)", median(kept, "total_s"), "<= 6"),
-        ("orchestration per resolution, kept up (ms)",
-         1000 * statistics.median(orchestration), "<= 50"),
-        ("overhead at 4096x4096x1024", statistics.median(overhead[LARGE]), "<= 10%"),
-        ("overhead at 2048x2048x512 (default)", statistics.median(overhead[default]), "<= 50%"),
+        ("orchestration per resolution, kept up (ms)", 1000 * median_of(orchestration),
+         "<= 50"),
+        ("overhead at 4096x4096x1024", median_of(overhead[LARGE]), "<= 10%"),
+        ("overhead at 2048x2048x512 (default)", median_of(overhead[default]), "<= 50%"),
         ("default mnist, existing home (s)", median(mnist_runs, "total_s"), "<= 10"),
-        ("  until the last resolution, 4096x4096x1024",
-         statistics.median(layering[LARGE]), "-"),
-        ("  until the last resolution, 2048x2048x512",
-         statistics.median(layering[default]), "-"),
+        ("  until the last resolution, 4096x4096x1024", median_of(layering[LARGE]), "-"),
+        ("  until the last resolution, 2048x2048x512", median_of(layering[default]), "-"),
     ]
-    print(f"repeats {args.repeats} (medians); end to end = the command's process, start to exit")
+    print(f"repeats {args.repeats} (medians); end to end = the command's process, start to exit;"
+          f" parts {','.join(p for p in PARTS if p in args.parts)}")
     print(f"{'figure':46s} {'measured':>10s} {'target':>8s}")
     for name, value, target in lines:
+        if math.isnan(value):
+            continue
         shown = f"{value:.0%}" if "overhead" in name or "until" in name else f"{value:.2f}"
         print(f"{name:46s} {shown:>10s} {target:>8s}")
+    if orchestration:
+        print("orchestration per resolution (ms), each:"
+              f" {', '.join(f'{1000 * o:.0f}' for o in orchestration)}")
     print("start-up (until the flow can start) and flow seconds, medians:"
-          f" new home {fresh['startup_s']:.1f} + {fresh['flow_s']:.1f},"
+          f" new home {fresh.get('startup_s', math.nan):.1f} + {fresh.get('flow_s', math.nan):.1f},"
           f" existing {median(existing, 'startup_s'):.1f} + {median(existing, 'flow_s'):.1f},"
           f" kept up {median(kept, 'startup_s'):.1f} + {median(kept, 'flow_s'):.1f},"
           f" mnist {median(mnist_runs, 'startup_s'):.1f} + {median(mnist_runs, 'flow_s'):.1f}")
@@ -205,8 +242,8 @@ def main() -> None:
     kernels = {shape: run_kernel("auto", None, math.prod(shape), settings)
                for shape in (default, LARGE)}
     print("compute (warm layered_matmul, all resolutions, the run's kernel), medians:"
-          f" 2048x2048x512 {statistics.median(computes[default]):.3f} s ({kernels[default]}),"
-          f" 4096x4096x1024 {statistics.median(computes[LARGE]):.3f} s ({kernels[LARGE]})")
+          f" 2048x2048x512 {median_of(computes[default]):.3f} s ({kernels[default]}),"
+          f" 4096x4096x1024 {median_of(computes[LARGE]):.3f} s ({kernels[LARGE]})")
     print(f"load average after: {load()}")
     if args.json:
         results.update(fresh=fresh, existing=existing, kept=kept, mnist=mnist_runs,

@@ -65,7 +65,9 @@ from layered.request import (
 )
 from layered.settings import Settings
 from layered.tasks import report
+from layered.tasks.fanout import Submitted
 from layered.tasks.matmul import (
+    FollowingResolution,
     MatmulJob,
     ResolutionOutcome,
     StagedResolution,
@@ -191,17 +193,22 @@ def _layer_resolutions(
             committed = run.array_path(entries[-1]["files"]["estimate"])
             previous = (committed, committed)
         persisted: Future[None] | None = None
+        staged = _stage(run, job, len(entries) + 1)
+        ahead: Submitted | None = None  # this resolution's blocks, if submitted already
         for resolution in range(len(entries) + 1, total + 1):
-            staged = StagedResolution(
-                run.stage_array(f"estimate-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
-                run.stage_array(f"bound-{resolution}", (job.shape[0], job.shape[2]), "<f8"),
+            # The next resolution's blocks are submitted with this one's, each behind the
+            # block of the same rows: the workers go on while the flow decides.
+            following = None if resolution == total else FollowingResolution(
+                _stage(run, job, resolution + 1),
+                (staged.estimate, run.array_path(_files(resolution)["estimate"])),
             )
             outcome = lifecycle.run_task(
-                layer_resolution, job, resolution, previous, staged, deadline_at,
-                what=f"resolution {resolution}", run=run,
+                layer_resolution, job, resolution, previous, staged, deadline_at, ahead,
+                following, what=f"resolution {resolution}", run=run,
             )
             if isinstance(outcome, Stop):
                 return outcome
+            outcome, ahead = outcome
             # The layering stops when the result arrives (if it stops): persisting follows.
             now = time.time()
             if persisted is not None and persisted.done():
@@ -211,8 +218,9 @@ def _layer_resolutions(
             persisted = store.submit(_persist, run, entry, staged)
             # The next resolution reads this one from the staged file, or, once the store
             # moved it, from its final name.
-            previous = (staged.estimate, run.array_path(entry["files"]["estimate"]))
-            ui.submit(_show, key, list(entries), total, progress, persisted)
+            if following is not None:
+                previous, staged = following.previous, following.out
+            ui.submit(_show, key, list(entries), total, progress, persisted, entries)
             # The decision is a pure function of these values: the flow takes it at once,
             # and its Prefect task run (the same call, same values) is recorded off the
             # layering's path, before its line.
@@ -221,6 +229,8 @@ def _layer_resolutions(
             ui.submit(decide, *decision)
             ui.submit(report.announce, report.decision_line(resolution, total, stopped))
             if stopped is not None:
+                if ahead is not None:  # the next resolution, started on the cluster
+                    ahead.cancel()
                 return Stop(stopped, now)
     return Stop("completed", time.time())
 
@@ -244,19 +254,39 @@ def _measure_errors(run: Run, job: MatmulJob, ui: lifecycle.Publisher) -> None:
 
 
 def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Future[UUID],
-          persisted: Future[None]) -> None:
+          persisted: Future[None], known: list[dict[str, Any]]) -> None:
     """The latest resolution in the log and the UI (its table row and the progress), once
-    it is persisted."""
+    it is persisted.
+
+    The UI part is left to the next resolution's call when the flow already has the next
+    resolution (``known``, the flow's list): each artifact costs the Prefect server about
+    10 ms of CPU, which the workers share on a small machine, and the next table has this
+    row too.
+    """
     persisted.result()
     report.announce(report.progress_line(entries[-1], total))
+    if len(known) > len(entries):
+        return
     report.publish_resolution(key, entries, total, progress.result())
 
 
 def _entry(outcome: ResolutionOutcome, elapsed_s: float) -> dict[str, Any]:
     """The manifest entry of a resolution, naming its arrays' final relative paths."""
-    r = outcome.resolution
-    files = {"estimate": f"resolution-{r}/estimate.npy", "bound": f"resolution-{r}/bound.npy"}
-    return {**dataclasses.asdict(outcome), "elapsed_s": elapsed_s, "files": files}
+    return {**dataclasses.asdict(outcome), "elapsed_s": elapsed_s,
+            "files": _files(outcome.resolution)}
+
+
+def _files(resolution: int) -> dict[str, str]:
+    """A resolution's arrays, by their final paths relative to the run."""
+    return {"estimate": f"resolution-{resolution}/estimate.npy",
+            "bound": f"resolution-{resolution}/bound.npy"}
+
+
+def _stage(run: Run, job: MatmulJob, resolution: int) -> StagedResolution:
+    """Staged files for a resolution's blocks to fill: its estimate and bound."""
+    m, n = job.shape[0], job.shape[2]
+    return StagedResolution(run.stage_array(f"estimate-{resolution}", (m, n), "<f8"),
+                            run.stage_array(f"bound-{resolution}", (m, n), "<f8"))
 
 
 def _persist(run: Run, entry: dict[str, Any], staged: StagedResolution) -> None:

@@ -7,6 +7,10 @@ tasks (about a millisecond each) through the flow run's long-lived client (see
 worker's client. Deadlines are cooperative: the task stops waiting when the deadline
 passes, cancels the blocks still queued and ends as ``Cancelled`` (:func:`deadline_state`).
 
+A step whose blocks depend row by row on the step before can be submitted while that step
+still runs (:func:`submit` with ``after``): each block starts on its worker as soon as its
+own predecessor is done, with no round trip through the task that collects them.
+
 Examples
 --------
 Inside a task::
@@ -15,21 +19,30 @@ Inside a task::
                        deadline)
     if outcomes is None:
         return deadline_state("resolution 2", deadline)
+
+The next step chained on this one, submitted before this one is collected::
+
+    now = submit(calls, pinned=True)
+    ahead = submit(next_calls, after=now)  # block i after block i of `now`
+    outcomes = collect(now, deadline)      # None at the deadline (cancel `ahead` then)
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from distributed import as_completed, get_client, get_worker, secede
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, State
 
-__all__ = ["Call", "fan_out", "deadline_state"]
+from layered.tasks import chain
+
+__all__ = ["Call", "Submitted", "fan_out", "submit", "collect", "deadline_state"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,20 @@ class Call:
     label: str
     fn: Callable[..., object]
     args: tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """Calls submitted to the cluster and not collected yet: their futures, in order, and
+    the workers they were pinned to (round robin; empty if not pinned)."""
+
+    futures: list[Any]
+    workers: list[str] = field(default_factory=list)
+
+    def cancel(self) -> None:
+        """Drop the calls still queued (a running call runs to its end, unawaited)."""
+        if self.futures:
+            self.futures[0].client.cancel(self.futures)
 
 
 def fan_out(
@@ -54,23 +81,54 @@ def fan_out(
     """
     if deadline is not None and time.time() >= deadline:
         return None
+    return collect(submit(calls, pinned), deadline)
+
+
+def submit(calls: Sequence[Call], pinned: bool = False, after: Submitted | None = None
+           ) -> Submitted:
+    """Submit every call to the cluster (see :func:`fan_out` for ``pinned``).
+
+    With ``after`` (as many calls, submitted before), call ``i`` starts once call ``i`` of
+    ``after`` has finished, on the same worker where they are pinned: a step that reads
+    what the step before wrote for the same rows is queued behind it and follows it at
+    once. Should Dask lose a finished call of ``after`` (its worker died) before its
+    follower ran, it runs that call again first.
+    """
+    if after is not None and len(after.futures) != len(calls):
+        raise ValueError(f"{len(calls)} calls cannot follow {len(after.futures)} calls one"
+                         " to one")
     client = _client()
     token = uuid.uuid4().hex[:8]  # distinct keys for concurrent runs on one cluster
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"]) if pinned else []
-    futures = [
-        client.submit(
-            c.fn, *c.args, key=f"{c.label}-{token}",
+    if after is not None:
+        workers = after.workers  # the same workers, and no round trip to ask for them
+    else:
+        workers = sorted(client.scheduler_info(n_workers=-1)["workers"]) if pinned else []
+    futures = []
+    for i, c in enumerate(calls):
+        # A chained call is a light wrapper (no Prefect to import on the worker).
+        fn, args = ((c.fn, c.args) if after is None
+                    else (chain.after, (c.fn, c.args, after.futures[i])))
+        futures.append(client.submit(
+            fn, *args, key=f"{c.label}-{token}",
             workers=[workers[i % len(workers)]] if workers else None,
             allow_other_workers=bool(workers),
-        )
-        for i, c in enumerate(calls)
-    ]
+        ))
+    return Submitted(futures, workers)
+
+
+def collect(submitted: Submitted, deadline: float | None) -> list[Any] | None:
+    """The results of submitted calls, in order; None (after cancelling the calls not yet
+    finished) if ``deadline`` passes first."""
+    futures = submitted.futures
+    if not futures:
+        return []
+    client = futures[0].client
     try:
         timeout = None if deadline is None else max(0.0, deadline - time.time())
         for _ in as_completed(futures, timeout=timeout, loop=client.loop):
             pass
     except TimeoutError:
-        client.cancel(futures)
+        submitted.cancel()
         return None
     return list(client.gather(futures))
 
@@ -80,7 +138,8 @@ def _client() -> Any:
 
     On a worker the calling task leaves the worker's thread pool, so the blocks can use
     its thread, and never rejoins: rejoining waits for a free thread, i.e. for a running
-    block to end, which would delay the deadline by up to one block.
+    block to end, which would delay the deadline by up to one block. (It leaves once: a
+    task may submit several steps.)
     """
     from layered.task_runner import ClusterTaskRunner
 
@@ -91,8 +150,14 @@ def _client() -> Any:
         get_worker()
     except ValueError:
         return get_client()
-    secede()
+    if not getattr(_seceded, "done", False):
+        secede()
+        _seceded.done = True  # for the thread's life: a seceded thread leaves with its task
     return get_client()
+
+
+#: Whether this (worker) thread has left the worker's thread pool.
+_seceded = threading.local()
 
 
 def deadline_state(what: str, deadline: float) -> State:

@@ -7,25 +7,34 @@ orchestration) that fans the row blocks of W out over the cluster as plain Dask 
 are cooperative: the absolute deadline travels into the task, which stops waiting when it
 passes, cancels the blocks still queued and ends as ``Cancelled``.
 
+A resolution's task also submits the next resolution's blocks, each queued behind the
+block of the same rows, so the workers go on to resolution ``r + 1`` while the flow
+decides about ``r`` (and records its task runs); when the flow stops after ``r``, it
+cancels them.
+
 The arithmetic is :func:`layered.layering.resolution_block`; nothing here computes.
 
 Examples
 --------
 The flow calls, for resolution ``r`` (in its own process; the blocks run on Dask)::
 
-    outcome = layer_resolution(job, r, previous, staged, deadline_at)
+    outcome, ahead = layer_resolution(job, r, previous, staged, deadline_at, None, following)
+    # resolution r + 1, whose blocks `ahead` already run:
+    outcome, ahead = layer_resolution(job, r + 1, following.previous, following.out,
+                                      deadline_at, ahead, None)
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
-from layered.tasks.fanout import Call, deadline_state, fan_out
+from layered.tasks.fanout import Call, Submitted, collect, deadline_state, fan_out, submit
 from layered.tasks.matmul_blocks import (
     MatmulJob,
     ResolutionOutcome,
@@ -39,6 +48,7 @@ __all__ = [
     "MatmulJob",
     "StagedResolution",
     "ResolutionOutcome",
+    "FollowingResolution",
     "prepare_operands",
     "layer_resolution",
     "measure_errors",
@@ -74,6 +84,15 @@ def prepare_operands(job: MatmulJob, deadline: float | None) -> tuple[bool, bool
 
 
 # ------------------------------------------------------------------------ resolutions
+@dataclass(frozen=True)
+class FollowingResolution:
+    """What the next resolution's blocks need before this one is done: its staged files,
+    and this resolution's estimate (its staged file and final name), which they read."""
+
+    out: StagedResolution
+    previous: tuple[str, str]
+
+
 @task(task_run_name="resolution-{resolution}", cache_policy=NO_CACHE)
 def layer_resolution(
     job: MatmulJob,
@@ -81,7 +100,9 @@ def layer_resolution(
     previous: tuple[str, str] | None,
     out: StagedResolution,
     deadline: float | None,
-) -> ResolutionOutcome | State:
+    submitted: Submitted | None = None,
+    following: FollowingResolution | None = None,
+) -> tuple[ResolutionOutcome, Submitted | None] | State:
     """Resolution ``r`` of the layered product: ``Ω_r = Ω_{r-1} + group r``, all row blocks.
 
     Parameters
@@ -96,17 +117,39 @@ def layer_resolution(
         Staged files to fill.
     deadline : float or None
         Absolute time (``time.time()``) after which the task stops and ends Cancelled.
+    submitted : Submitted or None
+        This resolution's blocks, submitted ahead by the resolution before (else they are
+        submitted now).
+    following : FollowingResolution or None
+        The next resolution, whose blocks are submitted now, each to follow the block of
+        the same rows (None after the last resolution).
+
+    Returns
+    -------
+    (ResolutionOutcome, Submitted or None) or State
+        The outcome, and the next resolution's blocks (to pass on, or to cancel if the run
+        stops); or Cancelled, every block of both cancelled, once the deadline passed.
     """
     t0 = time.perf_counter()
-    blocks = fan_out(
-        [Call(f"resolution-{resolution}-rows-{a}-{b}", layer_block,
-              (job, resolution, previous, out, (a, b))) for a, b in job.blocks()],
-        deadline,
-        pinned=True,
-    )
-    if blocks is None:
+    if deadline is not None and time.time() >= deadline:
+        if submitted is not None:
+            submitted.cancel()
+        return deadline_state(f"resolution {resolution}", deadline)
+    blocks = submitted or submit(_block_calls(job, resolution, previous, out), pinned=True)
+    ahead = None if following is None else submit(
+        _block_calls(job, resolution + 1, following.previous, following.out), after=blocks)
+    outcomes = collect(blocks, deadline)
+    if outcomes is None:
+        if ahead is not None:
+            ahead.cancel()
         return deadline_state(f"resolution {resolution}", deadline or 0.0)
-    return ResolutionOutcome.combine(blocks, time.perf_counter() - t0)
+    return ResolutionOutcome.combine(outcomes, time.perf_counter() - t0), ahead
+
+
+def _block_calls(job: MatmulJob, resolution: int, previous: tuple[str, str] | None,
+                 out: StagedResolution) -> list[Call]:
+    return [Call(f"resolution-{resolution}-rows-{a}-{b}", layer_block,
+                 (job, resolution, previous, out, (a, b))) for a, b in job.blocks()]
 
 
 # ------------------------------------------------------------------------- measuring

@@ -300,8 +300,15 @@ def layer_block(
         while len(_KEPT) > _KEPT_ENTRIES:
             _KEPT.popitem(last=False)
     _trim(split_key)  # the block's kernel conversions may have grown its split
-    write_rows(out.estimate, rows, res.estimate)
-    write_rows(out.bound, rows, res.bound)
+    try:
+        write_rows(out.estimate, rows, res.estimate)
+        write_rows(out.bound, rows, res.bound)
+    except FileNotFoundError:
+        # The store committed this resolution (moved its staged files) after collecting
+        # every block: Dask runs a block again when its result was lost with a worker
+        # before the next resolution's block that follows it ran. Its rows are committed
+        # already (the same values); a staged file missing otherwise fails the commit.
+        pass
     return ResolutionOutcome(
         resolution, res.max_bound, res.static_bound, None, res.bit_ops, res.flops, res.exact
     )

@@ -14,9 +14,9 @@ MODULES = sorted(
 )
 
 
-PIPELINE_MODULES = ["layered.tasks.matmul", "layered.tasks.mnist", "layered.tasks.report",
-                    "layered.flows.lifecycle", "layered.flows.signals", "layered.cluster",
-                    "layered.server", "layered.request", "layered.stream_cli"]
+PIPELINE_MODULES = ["layered.tasks.matmul", "layered.tasks.chain", "layered.tasks.mnist",
+                    "layered.tasks.report", "layered.flows.lifecycle", "layered.flows.signals",
+                    "layered.cluster", "layered.server", "layered.request", "layered.stream_cli"]
 
 
 @pytest.mark.parametrize("name", ["layered.layering", *MODULES, *PIPELINE_MODULES])

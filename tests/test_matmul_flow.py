@@ -25,7 +25,7 @@ from layered.layering import (
     resolution_block,
     resolve_ordering,
 )
-from layered.tasks.fanout import Call, fan_out
+from layered.tasks.fanout import Call, collect, fan_out, submit
 from layered.tasks.matmul import decide
 
 SUMMARY_KEYS = {"run_id", "status", "stopped_reason", "store", "resolutions"}
@@ -135,6 +135,33 @@ def test_blocks_kept_split_on_a_worker_or_split_again_give_layered_matmul(tmp_pa
     assert blocks._w_rows(job, blocks._split_key(job, (0, 16)))[0] is kept
 
 
+def test_a_block_run_again_after_its_resolution_was_committed_writes_nothing(tmp_path):
+    """Dask runs a block again when its result was lost with a worker before the block of
+    the next resolution that follows it ran; by then the store may have moved the staged
+    files to their final names."""
+    from layered.data.operands import open_operand
+    from layered.tasks.matmul_blocks import MatmulJob, StagedResolution, layer_block
+
+    W, X = synthetic_operands((8, 6, 4), seed=1)
+    np.save(tmp_path / "W.npy", W)
+    np.save(tmp_path / "X.npy", X)
+    p = Partition((8, 4, 0))
+    job = MatmulJob(open_operand(str(tmp_path / "W.npy"), "W"),
+                    open_operand(str(tmp_path / "X.npy"), "X"), p, p,
+                    resolve_ordering("anti-diagonal", p, p), block_rows=4)
+    staged = StagedResolution(str(tmp_path / "e1.npy"), str(tmp_path / "b1.npy"))
+    for path in (staged.estimate, staged.bound):
+        np.save(path, np.zeros((8, 4)))
+    first = layer_block(job, 1, None, staged, (0, 4))
+    committed = tmp_path / "estimate-1.npy"
+    Path(staged.estimate).rename(committed)
+    Path(staged.bound).unlink()
+    before = np.load(committed)
+    assert layer_block(job, 1, None, staged, (0, 4)) == first
+    assert np.array_equal(np.load(committed), before)
+    assert not Path(staged.estimate).exists()
+
+
 def test_decide_stops_at_the_last_resolution_the_tolerance_or_the_deadline():
     assert decide.fn(3, 3, bound=0.0, tolerance=None, deadline=None) == "completed"
     assert decide.fn(1, 3, bound=5.0, tolerance=5.0, deadline=None) == "tolerance"
@@ -207,6 +234,39 @@ def test_fan_out_returns_at_the_deadline_and_cancels_queued_blocks(
     assert returned - deadline < 0.6  # within a block's time (0.8 s), running ones not awaited
     # 2 workers x 0.8 s blocks: about 4 done by the deadline and 2 running; 20 if not cancelled.
     assert 0 < done <= 8, done
+
+
+def _first_step(marker_dir, i, seconds):
+    time.sleep(seconds)
+    (Path(marker_dir) / f"first-{i}").touch()
+    return i
+
+
+def _second_step(marker_dir, i):
+    return i, (Path(marker_dir) / f"first-{i}").exists()
+
+
+def _chained_steps(marker_dir):
+    # the first calls end in the reverse order: each second call still waits for its own
+    first = submit([Call(f"first-{i}", _first_step, (marker_dir, i, 0.2 * (4 - i)))
+                    for i in range(4)], pinned=True)
+    second = submit([Call(f"second-{i}", _second_step, (marker_dir, i)) for i in range(4)],
+                    after=first)
+    return collect(second, None), collect(first, None)
+
+
+def test_calls_submitted_after_others_each_start_once_their_own_predecessor_ended(
+    local_cluster_address, tmp_path
+):
+    from distributed import Client
+
+    with Client(local_cluster_address, set_as_default=False) as client:
+        client.run(importlib.import_module, "layered.tasks.fanout")
+        client.run(importlib.import_module, "layered.task_runner")
+        second, first = client.submit(_chained_steps, str(tmp_path), pure=False).result(
+            timeout=60)
+    assert first == [0, 1, 2, 3]
+    assert second == [(i, True) for i in range(4)]
 
 
 # ------------------------------------------------------------------------------ flows
