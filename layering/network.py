@@ -633,7 +633,7 @@ def plan_inference(
         raise TypeError(f"model must be a Network, got {type(network).__name__}")
     pws = tuple(weight_partitions)
     _check_partitions(network, input_partition, pws)
-    units, clipped = _input_units(network._check_input(X), input_partition, clip)
+    units, clipped, signed = _input_units(network._check_input(X), input_partition, clip)
     w_parts, b_parts = [], []
     for layer, (w, b, p) in enumerate(zip(network.weights, network.biases, pws, strict=True)):
         wc = p.components(w, clip=clip, name=f"layer {layer + 1} weights W{layer + 1}")
@@ -647,7 +647,7 @@ def plan_inference(
         _first_layer_product(input_partition, pws[0], weights_after[k][0], k, product_kernel)
         for k in range(1, input_partition.m + 1)
     )
-    return InferencePlan(
+    plan = InferencePlan(
         network,
         units,
         input_partition,
@@ -660,6 +660,8 @@ def plan_inference(
         product_kernel,
         clipped,
     )
+    plan.__dict__["input_signed"] = signed  # known from the split: no pass over the units
+    return plan
 
 
 def _accumulated(parts: Sequence[tuple[np.ndarray, ...]]) -> tuple[tuple[np.ndarray, ...], ...]:
@@ -681,15 +683,16 @@ def _out_of_range(a: npt.ArrayLike, p: Partition) -> int:
     return int(np.count_nonzero(np.abs(np.asarray(a, dtype=np.float64)) >= p.limit))
 
 
-def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, int]:
+def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, int, bool]:
     """The inputs truncated to every component of ``p``, as integers on its finest grid.
 
     Returns ``trunc(x / 2**p_m)`` in the narrowest signed integer type that holds the
-    partition's span, and how many values were clipped. One blockwise pass over ``x``:
-    each block is range-checked while it is in cache, then scaled and truncated by the
-    float-to-integer conversion itself (which rounds toward zero), so no float64
-    temporary of the whole input is made. An input that truncates to ``u`` units is
-    ``u * 2**p_m``; cut to ``k`` components it is ``_cut(u, p_k - p_m) * 2**p_k``.
+    partition's span, how many values were clipped, and whether any integer is negative.
+    One blockwise pass over ``x``: each block is range-checked while it is in cache (its
+    smallest value also says whether it truncates to a negative integer), then scaled and
+    truncated by the float-to-integer conversion itself (which rounds toward zero), so no
+    float64 temporary of the whole input is made. An input that truncates to ``u`` units
+    is ``u * 2**p_m``; cut to ``k`` components it is ``_cut(u, p_k - p_m) * 2**p_k``.
     """
     clipped = 0
     if clip:
@@ -698,26 +701,31 @@ def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, i
     flat, out = x.reshape(-1), units.reshape(-1)
     scale, limit = math.ldexp(1.0, -p.points[-1]), p.limit
 
-    def convert(start: int, stop: int) -> bool:
+    def convert(start: int, stop: int) -> float | None:
+        """The smallest value of ``flat[start:stop]``, None if one is out of range."""
+        smallest = limit
         for first in range(start, stop, _SPLIT_BLOCK):
             last = min(stop, first + _SPLIT_BLOCK)
             block = flat[first:last]
-            if not (block.max() < limit and block.min() > -limit):  # also catches NaN
-                return False
+            low = block.min()
+            if not (block.max() < limit and low > -limit):  # also catches NaN
+                return None
+            smallest = min(smallest, float(low))
             np.multiply(block, scale, out=out[first:last], casting="unsafe")
-        return True
+        return smallest
 
     # numpy releases the GIL in these loops, so parts of a large input convert in
     # parallel on the row blocks' threads, taken in turn by whichever is free.
     parts = range(0, flat.size, 8 * _SPLIT_BLOCK)
     if len(parts) < 2 or thread_count() < 2:
-        in_range = convert(0, flat.size)
+        lows = [convert(0, flat.size)]
     else:
         stops = [min(flat.size, start + 8 * _SPLIT_BLOCK) for start in parts]
-        in_range = all(_block_workers().map(convert, parts, stops))
-    if not in_range:
+        lows = list(_block_workers().map(convert, parts, stops))
+    if any(low is None for low in lows):
         p.check(x, "input X")  # raises, naming the value
-    return units, clipped
+    # trunc(v * scale) < 0 exactly where v * scale <= -1 (the product is exact)
+    return units, clipped, min((v for v in lows if v is not None), default=0.0) * scale <= -1.0
 
 
 def _cut(
@@ -805,24 +813,29 @@ def _input_product(
 
     ``weights`` is prepared by the kernel in ``dtype``, in which the product is exact;
     ``inputs`` (None: every column) are the input columns it has rows for. The rows go
-    in parts small enough to stay in cache, each cut and converted to ``dtype`` in
-    buffers of this thread's, reused by every part and every block, so the kernel finds
-    them ready (a host kernel then takes them as they are) and no block maps fresh
-    memory. Written to ``out`` if given.
+    in parts small enough to stay in cache, each gathered (rows given by index), cut and
+    converted to ``dtype`` in buffers of this thread's, reused by every part and every
+    block, so the kernel finds them ready (a host kernel then takes them as they are)
+    and no block maps fresh memory. Written to ``out`` if given.
     """
     units = plan.input_units
-    if not isinstance(rows, slice):  # gathered into a buffer of this thread's
-        gathered = scratch("inference-rows", len(rows) * units.shape[1], units.dtype)
-        units = np.take(units, rows, axis=0, out=gathered.reshape(len(rows), units.shape[1]))
-    else:
+    indices = None if isinstance(rows, slice) else rows
+    if isinstance(rows, slice):
         units = units[rows]
-    n, width = units.shape[0], units.shape[1] if inputs is None else len(inputs)
-    step = max(1, _OPERAND_BYTES // (width * dtype.itemsize))
+    n, inner = units.shape[0] if indices is None else len(indices), units.shape[1]
+    width = inner if inputs is None else len(inputs)
+    gathered = 0 if indices is None else inner * units.itemsize  # bytes per row gathered
+    step = max(1, _OPERAND_BYTES // (width * dtype.itemsize + gathered))
     for start in range(0, n, step):
-        part = units[start : start + step]
+        if indices is None:
+            part = units[start : start + step]
+        else:
+            picked = indices[start : start + step]
+            buffer = scratch("inference-rows", len(picked) * inner, units.dtype)
+            part = np.take(units, picked, axis=0, out=buffer.reshape(len(picked), inner))
         if inputs is not None:
-            picked = scratch("inference-inputs", len(part) * width, part.dtype)
-            part = np.take(part, inputs, axis=1, out=picked.reshape(len(part), width))
+            buffer = scratch("inference-inputs", len(part) * width, part.dtype)
+            part = np.take(part, inputs, axis=1, out=buffer.reshape(len(part), width))
         if shift:
             cut = scratch("inference-cut", part.size, part.dtype).reshape(part.shape)
             part = _cut(part, shift, plan.input_signed, out=cut)

@@ -404,6 +404,23 @@ def test_first_layer_runs_in_float32_exactly_up_to_its_partial_sum_limit(inputs,
     assert np.array_equal(results[0].logits, _exact_logits(X, W, b, coarse, coarse))
 
 
+@pytest.mark.parametrize(("lowest", "signed"), [
+    (-(2.0**-4), True),  # exactly one unit below zero
+    (-(2.0**-5), False),  # truncates to 0
+    (-0.0, False),
+    (0.25, False),
+])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_split_knows_whether_an_input_truncates_below_zero(monkeypatch, lowest, signed, parallel):
+    monkeypatch.setattr(network_module, "_SPLIT_BLOCK", 64 if parallel else 1 << 16)
+    X = np.full((40, 50), 0.5)
+    X[-1, -1] = lowest  # in the last part the split converts
+    plan = plan_inference(Network([np.ones((1, 50))], [np.zeros(1)]), X, PIXELS, [WEIGHTS])
+    assert plan.input_signed is signed
+    assert plan.input_signed == bool((plan.input_units < 0).any())
+    assert np.array_equal(plan.input_prefix(4), PIXELS.truncate(X, 4))
+
+
 @settings(max_examples=15, deadline=None)
 @given(data=st.data())
 def test_any_exact_kernel_gives_the_same_inference_bit_for_bit(random_case, data):
