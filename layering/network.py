@@ -749,12 +749,12 @@ def _cut(
 class FirstLayerProduct:
     """The first layer's product at one resolution: inputs and weights cut to ``k`` components.
 
-    ``Z_1 - b = (_cut(input_units, shift) @ weights) * scale``, exact: ``weights`` is the
-    kernel's prepared ``A_kᵀ`` in units of its grid, and ``dtype`` the operand type in
-    which the kernel computes the product exactly under the bound ``max_partial_sum``
-    on every partial sum. Where ``inputs`` is given, only those input columns (the
-    inputs whose weights are not all zero yet) and ``weights``' rows for them take part:
-    the others add exact zeros, so the product is the same, at a fraction of the cost.
+    ``Z_1 - b = (_cut(input_units[:, inputs], shift) @ weights) * scale``, exact:
+    ``weights`` is the kernel's prepared ``A_kᵀ`` (its rows for ``inputs``) in units of
+    its grid, and ``dtype`` the operand type in which the kernel computes the product
+    exactly under the bound ``max_partial_sum`` on every partial sum. ``inputs`` (None:
+    every input) are the inputs whose weights are not all zero yet, where they are few:
+    the others would add exact zeros, so the product is the same at a fraction of the cost.
     """
 
     shift: int
