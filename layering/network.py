@@ -94,6 +94,9 @@ _MIN_BLOCKS = 4
 # Bytes of converted inputs per first-layer product: they stay in cache until the
 # product has read them.
 _OPERAND_BYTES = 1 << 21
+# A first-layer product reads only the inputs that have a non-zero weight where they are
+# at most this share of them: gathering more columns costs more than the product saves.
+_GATHERED_INPUTS = 0.5
 
 
 @dataclass(frozen=True)
@@ -630,7 +633,7 @@ def plan_inference(
         raise TypeError(f"model must be a Network, got {type(network).__name__}")
     pws = tuple(weight_partitions)
     _check_partitions(network, input_partition, pws)
-    units, clipped = _input_units(network._check_input(X), input_partition, clip)
+    units, clipped, signed = _input_units(network._check_input(X), input_partition, clip)
     w_parts, b_parts = [], []
     for layer, (w, b, p) in enumerate(zip(network.weights, network.biases, pws, strict=True)):
         wc = p.components(w, clip=clip, name=f"layer {layer + 1} weights W{layer + 1}")
@@ -644,7 +647,7 @@ def plan_inference(
         _first_layer_product(input_partition, pws[0], weights_after[k][0], k, product_kernel)
         for k in range(1, input_partition.m + 1)
     )
-    return InferencePlan(
+    plan = InferencePlan(
         network,
         units,
         input_partition,
@@ -657,6 +660,8 @@ def plan_inference(
         product_kernel,
         clipped,
     )
+    plan.__dict__["input_signed"] = signed  # known from the split: no pass over the units
+    return plan
 
 
 def _accumulated(parts: Sequence[tuple[np.ndarray, ...]]) -> tuple[tuple[np.ndarray, ...], ...]:
@@ -678,15 +683,16 @@ def _out_of_range(a: npt.ArrayLike, p: Partition) -> int:
     return int(np.count_nonzero(np.abs(np.asarray(a, dtype=np.float64)) >= p.limit))
 
 
-def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, int]:
+def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, int, bool]:
     """The inputs truncated to every component of ``p``, as integers on its finest grid.
 
     Returns ``trunc(x / 2**p_m)`` in the narrowest signed integer type that holds the
-    partition's span, and how many values were clipped. One blockwise pass over ``x``:
-    each block is range-checked while it is in cache, then scaled and truncated by the
-    float-to-integer conversion itself (which rounds toward zero), so no float64
-    temporary of the whole input is made. An input that truncates to ``u`` units is
-    ``u * 2**p_m``; cut to ``k`` components it is ``_cut(u, p_k - p_m) * 2**p_k``.
+    partition's span, how many values were clipped, and whether any integer is negative.
+    One blockwise pass over ``x``: each block is range-checked while it is in cache (its
+    smallest value also says whether it truncates to a negative integer), then scaled and
+    truncated by the float-to-integer conversion itself (which rounds toward zero), so no
+    float64 temporary of the whole input is made. An input that truncates to ``u`` units
+    is ``u * 2**p_m``; cut to ``k`` components it is ``_cut(u, p_k - p_m) * 2**p_k``.
     """
     clipped = 0
     if clip:
@@ -695,26 +701,31 @@ def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, i
     flat, out = x.reshape(-1), units.reshape(-1)
     scale, limit = math.ldexp(1.0, -p.points[-1]), p.limit
 
-    def convert(start: int, stop: int) -> bool:
+    def convert(start: int, stop: int) -> float | None:
+        """The smallest value of ``flat[start:stop]``, None if one is out of range."""
+        smallest = limit
         for first in range(start, stop, _SPLIT_BLOCK):
             last = min(stop, first + _SPLIT_BLOCK)
             block = flat[first:last]
-            if not (block.max() < limit and block.min() > -limit):  # also catches NaN
-                return False
+            low = block.min()
+            if not (block.max() < limit and low > -limit):  # also catches NaN
+                return None
+            smallest = min(smallest, float(low))
             np.multiply(block, scale, out=out[first:last], casting="unsafe")
-        return True
+        return smallest
 
     # numpy releases the GIL in these loops, so parts of a large input convert in
     # parallel on the row blocks' threads, taken in turn by whichever is free.
     parts = range(0, flat.size, 8 * _SPLIT_BLOCK)
     if len(parts) < 2 or thread_count() < 2:
-        in_range = convert(0, flat.size)
+        lows = [convert(0, flat.size)]
     else:
         stops = [min(flat.size, start + 8 * _SPLIT_BLOCK) for start in parts]
-        in_range = all(_block_workers().map(convert, parts, stops))
-    if not in_range:
+        lows = list(_block_workers().map(convert, parts, stops))
+    if any(low is None for low in lows):
         p.check(x, "input X")  # raises, naming the value
-    return units, clipped
+    # trunc(v * scale) < 0 exactly where v * scale <= -1 (the product is exact)
+    return units, clipped, min((v for v in lows if v is not None), default=0.0) * scale <= -1.0
 
 
 def _cut(
@@ -738,10 +749,12 @@ def _cut(
 class FirstLayerProduct:
     """The first layer's product at one resolution: inputs and weights cut to ``k`` components.
 
-    ``Z_1 - b = (_cut(input_units, shift) @ weights) * scale``, exact: ``weights`` is the
-    kernel's prepared ``A_kᵀ`` in units of its grid, and ``dtype`` the operand type in
-    which the kernel computes the product exactly under the bound ``max_partial_sum``
-    on every partial sum.
+    ``Z_1 - b = (_cut(input_units[:, inputs], shift) @ weights) * scale``, exact:
+    ``weights`` is the kernel's prepared ``A_kᵀ`` (its rows for ``inputs``) in units of
+    its grid, and ``dtype`` the operand type in which the kernel computes the product
+    exactly under the bound ``max_partial_sum`` on every partial sum. ``inputs`` (None:
+    every input) are the inputs whose weights are not all zero yet, where they are few:
+    the others would add exact zeros, so the product is the same at a fraction of the cost.
     """
 
     shift: int
@@ -749,20 +762,32 @@ class FirstLayerProduct:
     scale: float
     dtype: np.dtype
     max_partial_sum: int
+    inputs: np.ndarray | None = None
 
 
 def _first_layer_product(
     px: Partition, pw: Partition, accumulated: np.ndarray, k: int, kernel: ProductKernel
 ) -> FirstLayerProduct:
-    """:class:`FirstLayerProduct` for ``k`` components of the inputs and of ``accumulated``."""
+    """:class:`FirstLayerProduct` for ``k`` components of the inputs and of ``accumulated``.
+
+    The first components of small weights are zero (paper's MNIST model: 2 of 784 inputs
+    have a non-zero weight after one component, 171 after two); the product then reads
+    only the inputs that have one, where they are few enough (``_GATHERED_INPUTS``).
+    """
     max_x = (1 << (px.points[0] - px.points[k])) - 1
     max_w = (1 << (pw.points[0] - pw.points[k])) - 1
     bound = accumulated.shape[1] * max_x * max_w
     dtype = kernel.dtype_for(bound, max(max_x, max_w))
     digits = np.ldexp(accumulated, -pw.points[k]).T  # exact integers, (in, out)
+    # (one column, of zeros, where no input has a weight yet: kernels need an inner size)
+    used = np.flatnonzero(digits.any(axis=1)) if digits.any() else np.arange(1)
+    inputs = used if len(used) <= _GATHERED_INPUTS * len(digits) else None
+    if inputs is not None:
+        digits = digits[inputs]
     scale = math.ldexp(1.0, px.points[k] + pw.points[k])
     return FirstLayerProduct(
-        px.points[k] - px.points[-1], kernel.prepare(digits, dtype), scale, dtype, bound
+        px.points[k] - px.points[-1], kernel.prepare(digits, dtype), scale, dtype, bound,
+        inputs,
     )
 
 
@@ -774,7 +799,7 @@ def _first_layer(
     Written to ``out`` if given (one row per sample).
     """
     step = plan.first_layer[k - 1]
-    z = _input_product(plan, rows, step.shift, step.weights, step.dtype, out)
+    z = _input_product(plan, rows, step.shift, step.weights, step.dtype, out, step.inputs)
     z *= step.scale
     z += plan.biases_after[k][0]
     return z
@@ -782,26 +807,35 @@ def _first_layer(
 
 def _input_product(
     plan: InferencePlan, rows: slice | np.ndarray, shift: int, weights: np.ndarray,
-    dtype: np.dtype, out: np.ndarray | None = None,
+    dtype: np.dtype, out: np.ndarray | None = None, inputs: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``_cut(input_units[rows], shift) @ weights`` by the plan's kernel, as float64.
+    """``_cut(input_units[rows][:, inputs], shift) @ weights`` by the plan's kernel, as float64.
 
-    ``weights`` is prepared by the kernel in ``dtype``, in which the product is exact.
-    The rows go in parts small enough to stay in cache, each cut and converted to
-    ``dtype`` in buffers of this thread's, reused by every part and every block, so the
-    kernel finds them ready (a host kernel then takes them as they are) and no block maps
-    fresh memory. Written to ``out`` if given.
+    ``weights`` is prepared by the kernel in ``dtype``, in which the product is exact;
+    ``inputs`` (None: every column) are the input columns it has rows for. The rows go
+    in parts small enough to stay in cache, each gathered (rows given by index), cut and
+    converted to ``dtype`` in buffers of this thread's, reused by every part and every
+    block, so the kernel finds them ready (a host kernel then takes them as they are)
+    and no block maps fresh memory. Written to ``out`` if given.
     """
     units = plan.input_units
-    if not isinstance(rows, slice):  # gathered into a buffer of this thread's
-        gathered = scratch("inference-rows", len(rows) * units.shape[1], units.dtype)
-        units = np.take(units, rows, axis=0, out=gathered.reshape(len(rows), units.shape[1]))
-    else:
+    indices = None if isinstance(rows, slice) else rows
+    if isinstance(rows, slice):
         units = units[rows]
-    n, width = units.shape
-    step = max(1, _OPERAND_BYTES // (width * dtype.itemsize))
+    n, inner = units.shape[0] if indices is None else len(indices), units.shape[1]
+    width = inner if inputs is None else len(inputs)
+    gathered = 0 if indices is None else inner * units.itemsize  # bytes per row gathered
+    step = max(1, _OPERAND_BYTES // (width * dtype.itemsize + gathered))
     for start in range(0, n, step):
-        part = units[start : start + step]
+        if indices is None:
+            part = units[start : start + step]
+        else:
+            picked = indices[start : start + step]
+            buffer = scratch("inference-rows", len(picked) * inner, units.dtype)
+            part = np.take(units, picked, axis=0, out=buffer.reshape(len(picked), inner))
+        if inputs is not None:
+            buffer = scratch("inference-inputs", len(part) * width, part.dtype)
+            part = np.take(part, inputs, axis=1, out=buffer.reshape(len(part), width))
         if shift:
             cut = scratch("inference-cut", part.size, part.dtype).reshape(part.shape)
             part = _cut(part, shift, plan.input_signed, out=cut)

@@ -24,6 +24,7 @@ from layered.layering import (
     one_shot_cost,
     plan_inference,
 )
+from layered.layering import network as network_module
 from layered.layering.activations import PiecewiseLinear, leaky_relu, pl_sigmoid, relu
 from layered.layering.kernel import NumpyKernel
 
@@ -403,6 +404,23 @@ def test_first_layer_runs_in_float32_exactly_up_to_its_partial_sum_limit(inputs,
     assert np.array_equal(results[0].logits, _exact_logits(X, W, b, coarse, coarse))
 
 
+@pytest.mark.parametrize(("lowest", "signed"), [
+    (-(2.0**-4), True),  # exactly one unit below zero
+    (-(2.0**-5), False),  # truncates to 0
+    (-0.0, False),
+    (0.25, False),
+])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_split_knows_whether_an_input_truncates_below_zero(monkeypatch, lowest, signed, parallel):
+    monkeypatch.setattr(network_module, "_SPLIT_BLOCK", 64 if parallel else 1 << 16)
+    X = np.full((40, 50), 0.5)
+    X[-1, -1] = lowest  # in the last part the split converts
+    plan = plan_inference(Network([np.ones((1, 50))], [np.zeros(1)]), X, PIXELS, [WEIGHTS])
+    assert plan.input_signed is signed
+    assert plan.input_signed == bool((plan.input_units < 0).any())
+    assert np.array_equal(plan.input_prefix(4), PIXELS.truncate(X, 4))
+
+
 @settings(max_examples=15, deadline=None)
 @given(data=st.data())
 def test_any_exact_kernel_gives_the_same_inference_bit_for_bit(random_case, data):
@@ -547,3 +565,50 @@ def test_activation_value_writes_to_out():
         out = np.full((2, 4), np.nan)[:, ::2]  # a strided view, as a block's buffer gives
         assert act.value(z, out=out) is out
         np.testing.assert_array_equal(out, act.value(z))
+
+
+def _inferences(ref, X, px, pws, rule, gathered_inputs):
+    """Every result of a layered inference whose first layer gathers its inputs with a
+    non-zero weight where they are at most ``gathered_inputs`` of them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(network_module, "_GATHERED_INPUTS", gathered_inputs)
+        return list(layered_inference(ref.network(), X, px, pws, rule))
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_first_layer_reading_only_inputs_with_weights_changes_nothing(random_case, data):
+    ref, X, px, pws = random_case(data)
+    rule = data.draw(st.sampled_from([None, "margin", FreezeSamples(range(0, 50, 3), 1)]),
+                     label="rule")
+    every = _inferences(ref, X, px, pws, rule, 0.0)  # never gathers
+    for gathered in (_inferences(ref, X, px, pws, rule, 1.0),  # always gathers
+                     _inferences(ref, X, px, pws, rule, 0.5)):
+        assert len(every) == len(gathered)
+        for a, b in zip(every, gathered, strict=True):
+            assert np.array_equal(a.logits, b.logits) and np.array_equal(a.frozen_at, b.frozen_at)
+    for res in every:
+        expected = ref.logits(X, px, pws, res.resolution)[res.frozen_at == 0]
+        np.testing.assert_allclose(res.logits[res.frozen_at == 0], expected, rtol=0, atol=1e-12)
+
+
+def test_paper_first_layer_reads_only_inputs_with_weights(reference_net, mnist_like):
+    # Weights below 2**-2 have a zero first component, below 2**-3 zero first two: the
+    # first products read one input (of zero weights), the third the inputs with weights.
+    ref = reference_net(3, (784, 20, 20, 1), "relu", "sigmoid")
+    W = ref.weights[0].copy()
+    W[:, 100:110] *= 2  # some weights of 10 inputs reach 2**-3, none 2**-2
+    ref = replace(ref, weights=(W, *ref.weights[1:]))
+    X = mnist_like(2, 200)
+    plan = plan_inference(ref.network(), X, PIXELS, PAPER_WEIGHTS)
+    inputs = [step.inputs for step in plan.first_layer]
+    assert np.array_equal(inputs[0], [0]) and plan.first_layer[0].weights.shape == (1, 20)
+    with_weights = np.flatnonzero((np.abs(W) >= 2.0**-3).any(axis=0))
+    assert 0 < len(with_weights) and set(with_weights) <= set(range(100, 110))
+    assert np.array_equal(inputs[1], with_weights)
+    assert inputs[2] is None and inputs[3] is None
+    results = list(layered_inference(ref.network(), X, PIXELS, PAPER_WEIGHTS, "gray-zone"))
+    for res in results:
+        active = res.frozen_at == 0
+        expected = ref.logits(X, PIXELS, PAPER_WEIGHTS, res.resolution)[active]
+        np.testing.assert_allclose(res.logits[active], expected, rtol=0, atol=1e-12)
