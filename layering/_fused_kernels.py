@@ -20,7 +20,7 @@ def block(flat, bits, mask, digits, shifts, widths, limit, scale, start, stop):
     # The max is taken on the magnitudes' bit patterns, ordered like the magnitudes
     # for numbers (NaN fails the range check); a float max would not vectorize.
     values, patterns, out = flat[start:stop], bits[start:stop], digits[:, start:stop]
-    top, bad, off = 0, 0, 0
+    top, bad, off, low = 0, 0, 0, np.iinfo(np.int64).max
     for i in range(stop - start):
         v = values[i]
         top = max(top, patterns[i] & mask)
@@ -28,6 +28,7 @@ def block(flat, bits, mask, digits, shifts, widths, limit, scale, start, stop):
         x = np.float64(v) * scale
         t = np.int64(x)  # T_m: the conversion truncates toward zero
         off += np.float64(t) != x
+        low = min(low, t)
         sign = t >> 63
         previous = np.int64(0)
         for c in range(len(shifts)):
@@ -35,19 +36,19 @@ def block(flat, bits, mask, digits, shifts, widths, limit, scale, start, stop):
             current = (t + (sign & ((np.int64(1) << s) - 1))) >> s  # trunc(T_m / 2**s)
             out[c, i] = current - (previous << widths[c])
             previous = current
-    return top, bad, off
+    return top, bad, off, low
 
 
 @numba.njit(parallel=True, **JIT)
 def flat_split(flat, bits, mask, digits, shifts, widths, limit, scale, blocks):
     n = flat.size
     step = -(-n // blocks)
-    found = np.zeros((blocks, 3), np.int64)
+    found = np.zeros((blocks, 4), np.int64)
     for b in numba.prange(blocks):
-        top, bad, off = block(flat, bits, mask, digits, shifts, widths, limit, scale,
-                              b * step, min(n, (b + 1) * step))
-        found[b, 0], found[b, 1], found[b, 2] = top, bad, off
-    return found[:, 0].max(), found[:, 1].sum(), found[:, 2].sum()
+        top, bad, off, low = block(flat, bits, mask, digits, shifts, widths, limit, scale,
+                                   b * step, min(n, (b + 1) * step))
+        found[b, 0], found[b, 1], found[b, 2], found[b, 3] = top, bad, off, low
+    return found[:, 0].max(), found[:, 1].sum(), found[:, 2].sum(), found[:, 3].min()
 
 
 @numba.njit(parallel=True, **JIT)
@@ -55,15 +56,17 @@ def row_split(flat, bits, mask, digits, stats, shifts, widths, limit, scale, col
               blocks):
     rows = flat.size // columns
     step = -(-rows // blocks)
-    found = np.zeros((blocks, 3), np.int64)
+    found = np.zeros((blocks, 4), np.int64)
+    found[:, 3] = np.iinfo(np.int64).max
     for b in numba.prange(blocks):
         for row in range(b * step, min(rows, (b + 1) * step)):
             start = row * columns
-            top, bad, off = block(flat, bits, mask, digits, shifts, widths, limit,
-                                  scale, start, start + columns)
+            top, bad, off, low = block(flat, bits, mask, digits, shifts, widths, limit,
+                                       scale, start, start + columns)
             found[b, 0] = max(found[b, 0], top)
             found[b, 1] += bad
             found[b, 2] += off
+            found[b, 3] = min(found[b, 3], low)
             for c in range(len(shifts)):  # the row's digits are still in cache
                 part = digits[c, start : start + columns]
                 total, largest = np.int64(0), np.int64(0)
@@ -73,7 +76,7 @@ def row_split(flat, bits, mask, digits, stats, shifts, widths, limit, scale, col
                     largest = max(largest, magnitude)
                 stats[c, 0, row] = total
                 stats[c, 1, row] = largest
-    return found[:, 0].max(), found[:, 1].sum(), found[:, 2].sum()
+    return found[:, 0].max(), found[:, 1].sum(), found[:, 2].sum(), found[:, 3].min()
 
 
 @numba.njit(parallel=True, **JIT)

@@ -17,6 +17,7 @@ loaded anyway. ``LAYERED_NUMBA=0`` turns it off.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -29,6 +30,8 @@ __all__ = ["FusedSplit", "describe", "fused_split", "fused_split_usable", "thin_
 
 # Below this many values numpy's passes cost less than loading numba would.
 _MIN_VALUES = 1 << 24
+# From this size up, numba is loaded in the background for the splits that follow.
+_PRELOAD_VALUES = 1 << 22
 # Once numba is loaded, arrays from this size up are worth a compiled pass.
 _MIN_VALUES_LOADED = 1 << 16
 # Thin products: at most this many columns of the right operands together (beyond, BLAS).
@@ -36,7 +39,8 @@ _THIN_COLUMNS = 8
 # Values per parallel block at least (fewer, larger blocks cost less to hand out).
 _CHUNK = 1 << 16
 
-FusedSplit = tuple[int, int, bool]  # (max |a| as float bits, values out of range, off grid)
+# (max |a| as float bits, values out of range, off the grid, smallest T_m)
+FusedSplit = tuple[int, int, bool, int]
 
 _kernels: dict[bool, Callable[..., Any]] | None = None
 _unavailable = False
@@ -44,30 +48,67 @@ _unavailable = False
 # process when two threads launch parallel work at once: one launch at a time.
 _launch = threading.Lock()
 _launched_in: int | None = None
+_loading_lock = threading.Lock()
+_loading = threading.Thread()  # the background load, once started (see _worth)
 
 
-def fused_split_usable(values: np.ndarray, digit_dtypes: Sequence[np.dtype], span: int,
-                       *, force: bool = False) -> bool:
-    """Can (and should) :func:`fused_split` split ``values``?
+def fused_split_usable(values: np.ndarray, digit_dtypes: Sequence[np.dtype],
+                       points: Sequence[int], *, row_stats: bool = False,
+                       force: bool = False) -> bool:
+    """Can (and should) :func:`fused_split` split ``values`` under ``points``?
 
     It covers float32 and float64 values, digits of one integer dtype, and spans of up
     to 62 bits; ``force`` skips the size rule (tests use it on small arrays).
     """
-    if values.dtype not in (np.float32, np.float64) or values.size == 0 or span > 62:
+    if values.dtype not in (np.float32, np.float64) or values.size == 0:
         return False
-    return len(set(digit_dtypes)) == 1 and _worth(values.size, force)
+    if points[0] - points[-1] > 62 or len(set(digit_dtypes)) != 1:
+        return False
+    m, dtype = len(points) - 1, np.dtype(digit_dtypes[0])
+
+    def warm() -> None:  # the variant this split needs, on tiny arrays
+        stats = np.empty((m, 2, 1), np.int64) if row_stats else None
+        fused_split(np.zeros(2, values.dtype), np.empty((m, 2), dtype), points,
+                    math.ldexp(1.0, points[0]), stats, 2, 1)
+
+    return _worth(values.size, force, warm)
 
 
-def _worth(size: int, force: bool) -> bool:
+def _worth(size: int, force: bool, warm: Callable[[], object] | None = None) -> bool:
     """Is numba wanted (``LAYERED_NUMBA``), installed, and worth loading for ``size``
-    values (or loaded already)?"""
+    values (or loaded already)?
+
+    Between ``_PRELOAD_VALUES`` and ``_MIN_VALUES`` the answer is no for now, but numba
+    is loaded on a background thread, and ``warm`` (a call on tiny arrays of the same
+    kinds) loads the compiled variant this caller needs: a process that splits such
+    arrays again, as repeated inference does, gets the compiled pass from then on
+    without any call waiting for the load.
+    """
     if _unavailable or os.environ.get("LAYERED_NUMBA", "1") == "0":
         return False
     if _launched_in not in (None, os.getpid()):
         return False  # a fork of a process that ran parallel work (see _launch_with)
-    if not force and size < (_MIN_VALUES_LOADED if "numba" in sys.modules else _MIN_VALUES):
-        return False
-    return _load() is not None
+    if force:
+        return _load() is not None
+    if _loading.is_alive():  # no call waits for the background load
+        return size >= _MIN_VALUES and _load() is not None
+    cheap = _kernels is not None or "numba" in sys.modules
+    if size >= (_MIN_VALUES_LOADED if cheap else _MIN_VALUES):
+        return _load() is not None
+    if size >= _PRELOAD_VALUES and _kernels is None:
+        _preload(warm)
+    return False
+
+
+def _preload(warm: Callable[[], object] | None) -> None:
+    global _loading
+
+    def load() -> None:
+        if _load() is not None and warm is not None:
+            warm()
+
+    _loading = threading.Thread(target=load, name="layering-numba-load", daemon=True)
+    _loading.start()
 
 
 def describe() -> str:
@@ -94,8 +135,9 @@ def fused_split(flat: np.ndarray, digits: np.ndarray, points: Sequence[int], lim
     ``T_{i+1} - (T_i << w_i)``. With ``stats``, also writes ``[sum, max]`` of each row's
     ``|digits[i]|`` (rows of ``columns`` values) into ``stats[i]`` (shape ``(m, 2, rows)``).
 
-    Returns ``(bits of max |a|, how many values were out of range or NaN, off the grid)``;
-    when values are out of range the digits are meaningless and the caller raises.
+    Returns ``(bits of max |a|, how many values were out of range or NaN, off the grid,
+    the smallest T_m)``; when values are out of range the digits are meaningless and the
+    caller raises.
     """
     kernels = _load()
     assert kernels is not None
@@ -107,13 +149,13 @@ def fused_split(flat: np.ndarray, digits: np.ndarray, points: Sequence[int], lim
     if stats is not None:
         rows = flat.size // columns
         blocks = max(1, min(rows, 8 * threads))
-        top, bad, off = _launch_with(threads, kernels[True], flat, bits, mask, digits, stats,
-                                     shifts, widths, limit, scale, columns, blocks)
+        top, bad, off, low = _launch_with(threads, kernels[True], flat, bits, mask, digits,
+                                          stats, shifts, widths, limit, scale, columns, blocks)
     else:
         blocks = max(1, min(-(-flat.size // _CHUNK), 8 * threads))
-        top, bad, off = _launch_with(threads, kernels[False], flat, bits, mask, digits,
-                                     shifts, widths, limit, scale, blocks)
-    return int(top), int(bad), bool(off)
+        top, bad, off, low = _launch_with(threads, kernels[False], flat, bits, mask, digits,
+                                          shifts, widths, limit, scale, blocks)
+    return int(top), int(bad), bool(off), int(low)
 
 
 def thin_products(digits: np.ndarray, rights: Sequence[np.ndarray], exact_below: int,
@@ -175,11 +217,12 @@ def _launch_with(threads: int, kernel: Callable[..., Any], *args: Any) -> Any:
 
 def _load() -> dict[bool, Callable[..., Any]] | None:
     global _kernels, _unavailable
-    if _kernels is None and not _unavailable:
-        try:
-            _kernels = _compile()
-        except ImportError:
-            _unavailable = True
+    with _loading_lock:
+        if _kernels is None and not _unavailable:
+            try:
+                _kernels = _compile()
+            except ImportError:
+                _unavailable = True
     return _kernels
 
 

@@ -59,6 +59,7 @@ from .activations import (
     resolve_activation,
 )
 from .decision import DecisionContext, LogitBounds, Rule, freeze_mask, resolve_rule
+from .fused import fused_split, fused_split_usable
 from .kernel import ProductKernel, resolve_kernel, scratch, thread_count
 from .partition import Partition, _digit_dtype
 
@@ -700,6 +701,15 @@ def _input_units(x: np.ndarray, p: Partition, clip: bool) -> tuple[np.ndarray, i
     units = np.empty(x.shape, dtype=_digit_dtype(p.points[0] - p.points[-1]))
     flat, out = x.reshape(-1), units.reshape(-1)
     scale, limit = math.ldexp(1.0, -p.points[-1]), p.limit
+    # Where numba is installed: the same integers in one compiled pass (layering.fused),
+    # as the one component of the partition (p_0, p_m)
+    whole = (p.points[0], p.points[-1])
+    if fused_split_usable(flat, [units.dtype], whole):
+        _, bad, _, lowest = fused_split(np.ascontiguousarray(flat), out.reshape(1, -1), whole,
+                                        limit, None, 0, thread_count())
+        if bad:
+            p.check(x, "input X")  # raises, naming the value
+        return units, clipped, lowest < 0
 
     def convert(start: int, stop: int) -> float | None:
         """The smallest value of ``flat[start:stop]``, None if one is out of range."""

@@ -454,8 +454,9 @@ class Partition:
         shifts = None if offsets is None else _Shifts(-offsets.ravel(), self.axis, shape)
         columns = int(shape[1]) if len(shape) == 2 else 0
         dtypes = [np.dtype(_digit_dtype(w)) for w in self.widths]
-        if offsets is None and fused_split_usable(flat, dtypes, self.points[0] - self.points[-1],
-                                                  force=_force_fused):
+        stats_wanted = row_stats and 0 < columns <= _BLOCK
+        if offsets is None and fused_split_usable(flat, dtypes, self.points,
+                                                  row_stats=stats_wanted, force=_force_fused):
             return self._fused_components(arr, name, flat, shape, columns, row_stats,
                                           n_clipped, clip)
         digits = [np.empty(flat.shape, dtype=dtype) for dtype in dtypes]
@@ -498,7 +499,7 @@ class Partition:
         stats = None
         if row_stats and 0 < columns <= _BLOCK:  # as the numpy passes give them
             stats = np.empty((self.m, 2, shape[0]), dtype=np.int64)
-        top, bad, off_grid = fused_split(flat, digits, self.points, self.limit, stats,
+        top, bad, off_grid, _ = fused_split(flat, digits, self.points, self.limit, stats,
                                          columns, thread_count())
         if bad:
             self.check(arr, name)  # raises, naming the offending value

@@ -133,18 +133,18 @@ def test_layered_product_on_compiled_splits_equals_one_shot(monkeypatch):
 def test_the_size_rule_and_the_switch(monkeypatch):
     small = np.zeros(10)
     dtypes = [np.dtype(np.int8)]
-    assert fused.fused_split_usable(small, dtypes, 8, force=True)
+    assert fused.fused_split_usable(small, dtypes, (8, 0), force=True)
     monkeypatch.setenv("LAYERED_NUMBA", "0")
-    assert not fused.fused_split_usable(small, dtypes, 8, force=True)
+    assert not fused.fused_split_usable(small, dtypes, (8, 0), force=True)
     monkeypatch.delenv("LAYERED_NUMBA")
     # integers, mixed digit dtypes and spans beyond int64 stay with the numpy passes
-    assert not fused.fused_split_usable(np.zeros(10, np.int32), dtypes, 8, force=True)
-    assert not fused.fused_split_usable(small, dtypes + [np.dtype(np.int16)], 8, force=True)
-    assert not fused.fused_split_usable(small, dtypes, 63, force=True)
+    assert not fused.fused_split_usable(np.zeros(10, np.int32), dtypes, (8, 0), force=True)
+    assert not fused.fused_split_usable(small, dtypes + [np.dtype(np.int16)], (8, 0), force=True)
+    assert not fused.fused_split_usable(small, dtypes, (63, 0), force=True)
     # a small array is not worth loading numba for; a large one is
     monkeypatch.setattr(fused, "_MIN_VALUES_LOADED", 100)
-    assert not fused.fused_split_usable(small, dtypes, 8)
-    assert fused.fused_split_usable(np.zeros(100), dtypes, 8)  # numba is loaded by now
+    assert not fused.fused_split_usable(small, dtypes, (8, 0))
+    assert fused.fused_split_usable(np.zeros(100), dtypes, (8, 0))  # numba is loaded by now
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int16])
@@ -188,4 +188,43 @@ def test_a_forked_child_of_a_process_that_ran_the_compiled_pass_takes_the_numpy_
                         force=True)
     assert fused._launched_in is not None
     monkeypatch.setattr(fused, "_launched_in", fused._launched_in + 1)  # as in a child
-    assert not fused.fused_split_usable(np.zeros(10), [np.dtype(np.int8)], 8, force=True)
+    assert not fused.fused_split_usable(np.zeros(10), [np.dtype(np.int8)], (8, 0), force=True)
+
+
+@pytest.mark.parametrize("points", [(0, -1, -2, -3, -4), (8, 4, 0), (3, -12)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_inference_inputs_split_in_the_compiled_pass_as_in_numpy(points, dtype, monkeypatch):
+    from layered.layering import network
+
+    p = Partition(points)
+    rng = np.random.default_rng(8)
+    for low in (0.0, -1.0):  # inputs that all truncate to >= 0, and ones that do not
+        x = (rng.uniform(low, 1, (50, 70)) * (p.limit - p.resolution)).astype(dtype)
+        with pytest.MonkeyPatch.context() as m:
+            m.setenv("LAYERED_NUMBA", "0")
+            expected = network._input_units(x, p, clip=False)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(fused, "_MIN_VALUES", 1)
+            got = network._input_units(x, p, clip=False)
+        np.testing.assert_array_equal(got[0], expected[0])
+        assert got[0].dtype == expected[0].dtype and got[1:] == expected[1:]
+    x[3, 4] = p.limit
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(fused, "_MIN_VALUES", 1)
+        with pytest.raises(PartitionRangeError, match=r"input X\[3, 4\]"):
+            network._input_units(x, p, clip=False)
+
+
+def test_a_mid_sized_split_loads_numba_in_the_background_for_the_next(monkeypatch):
+    monkeypatch.setattr(fused, "_kernels", None)
+    monkeypatch.setattr(fused, "_loading", fused.threading.Thread())
+    monkeypatch.setattr(fused, "_PRELOAD_VALUES", 100)
+    p = Partition((8, 4, 0))
+    a = np.random.default_rng(9).uniform(-255, 255, (20, 30))
+    first = p.components(a)  # the numpy passes, while numba loads
+    fused._loading.join(timeout=120)
+    assert fused._kernels is not None
+    monkeypatch.setattr(fused, "_MIN_VALUES_LOADED", 100)
+    monkeypatch.setattr(fused, "_launched_in", None)
+    assert_same(first, p.components(a))  # now compiled: the same
+    assert fused._launched_in is not None
