@@ -229,4 +229,28 @@ def _load() -> dict[bool, Callable[..., Any]] | None:
 def _compile() -> dict[bool, Callable[..., Any]]:
     from . import _fused_kernels
 
+    _start_threads()
     return {False: _fused_kernels.flat_split, True: _fused_kernels.row_split}
+
+
+def _start_threads() -> None:
+    """Start numba's threads, waiting passively between launches.
+
+    By default GNU OpenMP's threads spin for a while after each parallel launch, and
+    BLAS's threads after each call: on a machine with few cores each then runs at the
+    other's expense. Measured here on 10,000 MNIST inputs, the compiled split took
+    12.8 ms and the GEMM right after it 18.6 ms while both spun, against 3.9 ms and
+    9.4 ms with numba's threads waiting passively (the numpy split: 6.8 ms). OpenMP reads
+    ``OMP_WAIT_POLICY`` once, as numba's thread pool loads it, so it is set for that
+    moment only (unless the user set it), not for anything else in the process.
+    """
+    from numba.np.ufunc import parallel
+
+    if "OMP_WAIT_POLICY" in os.environ:
+        parallel._launch_threads()
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        parallel._launch_threads()
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
