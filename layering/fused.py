@@ -95,9 +95,17 @@ def _worth(size: int, force: bool, warm: Callable[[], object] | None = None) -> 
     cheap = _kernels is not None or "numba" in sys.modules
     if size >= (_MIN_VALUES_LOADED if cheap else _MIN_VALUES):
         return _load() is not None
-    if size >= _PRELOAD_VALUES and _kernels is None:
+    if size >= _PRELOAD_VALUES and _kernels is None and _threads() > 1:
+        # (not in a process held to one thread, such as a Dask worker: it shares the
+        # cores with its neighbours, whom loading numba would take 0.5 s of CPU from)
         _preload(warm)
     return False
+
+
+def _threads() -> int:
+    from .kernel import thread_count
+
+    return thread_count()
 
 
 def _preload(warm: Callable[[], object] | None) -> None:

@@ -221,6 +221,10 @@ def test_a_mid_sized_split_loads_numba_in_the_background_for_the_next(monkeypatc
     monkeypatch.setattr(fused, "_PRELOAD_VALUES", 100)
     p = Partition((8, 4, 0))
     a = np.random.default_rng(9).uniform(-255, 255, (20, 30))
+    with monkeypatch.context() as m:  # a process held to one thread (a Dask worker)
+        m.setenv("OMP_NUM_THREADS", "1")
+        p.components(a)
+        assert not fused._loading.is_alive() and fused._kernels is None
     first = p.components(a)  # the numpy passes, while numba loads
     fused._loading.join(timeout=120)
     assert fused._kernels is not None
