@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from layered.data import load_mnist, pixels_to_unit, train_model
-from layered.layering import Network, layered_inference, one_shot_cost
+from layered.layering import Network, fused, layered_inference, one_shot_cost
+from layered.layering.fused import describe as describe_split
 from layered.layering.kernel import cpu_flags, resolve_kernel
 from layered.reports.mnist import PAPER_INPUT_PARTITION, PAPER_WEIGHT_PARTITIONS
 
@@ -128,6 +129,8 @@ def main() -> None:
     base_acc = np.mean((net.forward(X) >= 0.5) == targets)
     torch_free = [] if "torch" in sys.modules else [one_shot() for _ in range(args.repeats)]
     print(cpu_summary())
+    print(f"input split: {describe_split()}; numba loads in the background from"
+          f" {fused._PRELOAD_VALUES:,} values (these inputs: {X.size:,})")
     print(threads_summary())
     print(f"{len(X)} test images, even/odd 784-20-20-1, R=4 one-bit components;"
           f" one-shot float64 accuracy {base_acc:.4f}; median of {args.repeats} interleaved"
