@@ -222,9 +222,10 @@ def test_a_mid_sized_split_loads_numba_in_the_background_for_the_next(monkeypatc
     p = Partition((8, 4, 0))
     a = np.random.default_rng(9).uniform(-255, 255, (20, 30))
     with monkeypatch.context() as m:  # a process held to one thread (a Dask worker)
-        m.setenv("OMP_NUM_THREADS", "1")
+        m.setattr(fused, "_threads", lambda: 1)
         p.components(a)
         assert not fused._loading.is_alive() and fused._kernels is None
+    monkeypatch.setattr(fused, "_threads", lambda: 2)
     first = p.components(a)  # the numpy passes, while numba loads
     fused._loading.join(timeout=120)
     assert fused._kernels is not None
