@@ -55,6 +55,7 @@ from .product import (
     LayeredResult,
     SplitOperand,
     layered_matmul,
+    prepare_block,
     resolution_block,
     static_bound,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "ProductKernel",
     "SplitOperand",
     "layered_matmul",
+    "prepare_block",
     "resolution_block",
     "resolve_ordering",
     "static_bound",

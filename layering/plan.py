@@ -172,6 +172,30 @@ class ProductPlan:
         return [(step.a, step.b)]
 
     # ------------------------------------------------------------------ execution
+    def prepare(self) -> None:
+        """Convert the digits for the kernel in every form the resolutions will use, now
+        (the operands cache them): the conversions then cost nothing on the resolutions'
+        path. Thin products (``panel``) convert W in cache as they go: W is left as is."""
+        for steps in self.steps:
+            for step in steps:
+                a, b = step.a, step.b
+                if step.symmetric:
+                    dtype = self._dtype(self.w.max_digit(a) + self.w.max_digit(b),
+                                        self.x.max_digit(a) + self.x.max_digit(b))
+                    self.w.prepared_sum(a, b, dtype, self.kernel)
+                    self.x.prepared_sum(a, b, dtype, self.kernel)
+                elif step.joined:
+                    dtype = self._joined_dtype(step.pairs)
+                    self.w.prepared_joined(tuple(i for i, _ in step.pairs), 1, dtype,
+                                           self.kernel)
+                    self.x.prepared_joined(tuple(j for _, j in step.pairs), 0, dtype,
+                                           self.kernel)
+                for i, j in self._uses(step):
+                    dtype = self._dtype(self.w.max_digit(i), self.x.max_digit(j))
+                    if self.reuse != "panel":
+                        self.w.prepared(i, dtype, self.kernel)
+                    self.x.prepared(j, dtype, self.kernel)
+
     def resolution(self, r: int, previous: Any = None, rescale: Rescale | None = None
                    ) -> tuple[Any, int, tuple[str, ...]]:
         """``previous`` plus the scaled sum resolution ``r`` (0-based) adds, as a new float64

@@ -48,6 +48,7 @@ __all__ = [
     "SplitOperand",
     "LayeredResult",
     "layered_matmul",
+    "prepare_block",
     "resolution_block",
     "static_bound",
     "truncation_bound",
@@ -162,7 +163,9 @@ class SplitOperand:
         key = ("sum", a, b, kernel.name, dtype.str)
         if key not in self._prepared:
             digits = self.components.digits
-            summed = digits[a].astype(np.int64) + digits[b].astype(np.int64)
+            # added in the kernel's dtype, in one pass: the plan chose ``dtype`` to hold
+            # the summed digits exactly (small integers, in floats too)
+            summed = np.add(digits[a], digits[b], dtype=dtype)
             self._prepared[key] = kernel.prepare(summed, dtype)
         return self._prepared[key]
 
@@ -399,6 +402,36 @@ def layered_matmul(
         omega, flops, dtypes = plan.resolution(r - 1, omega, scales)
         yield _result(w, x, order, r, omega, flops, dtypes, bound, trunc, engine, to_host,
                       scales)
+
+
+def prepare_block(
+    w: SplitOperand,
+    x: SplitOperand,
+    order: Ordering,
+    *,
+    kernel: str | ProductKernel | None = "auto",
+    reuse: str = "none",
+    device: str | None = None,
+) -> None:
+    """Convert the digits of a block of W's rows and of X for the kernel, in every form
+    :func:`resolution_block` will use for ``order`` (cached on the operands).
+
+    A worker that keeps its blocks' splits does this while it prepares them, so its
+    resolutions start with their products. Changes no result: the resolutions convert
+    whatever is missing themselves.
+
+    Examples
+    --------
+    >>> p = Partition((4, 2, 0)); order = Ordering.anti_diagonal(2, 2)
+    >>> w = SplitOperand([[12.0, -7.0]], p, name="W")
+    >>> x = SplitOperand([[4.0], [-8.0]], p, name="X")
+    >>> prepare_block(w, x, order, kernel="numpy")
+    >>> float(resolution_block(w, x, order, 1, kernel="numpy")[0].estimate[0, 0])
+    80.0
+    """
+    _check_shapes(w.shape, x.shape)
+    engine = resolve_kernel("auto" if kernel is None else kernel, device)
+    ProductPlan(w, x, order, engine, choose_reuse(reuse, x.shape[1], x.partition.m)).prepare()
 
 
 def resolution_block(

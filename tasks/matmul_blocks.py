@@ -31,6 +31,7 @@ from layered.layering import (
     Ordering,
     Partition,
     SplitOperand,
+    prepare_block,
     resolution_block,
 )
 from layered.tasks.kernels import worker_kernel
@@ -163,10 +164,17 @@ SPLIT_SHARE, SPLIT_BYTES_UNLIMITED = 0.3, 1 << 30
 
 def split_rows(job: MatmulJob, rows: tuple[int, int]) -> tuple[bool, bool]:
     """Split rows ``start:stop`` of W (and all of X, once per worker) and keep them on this
-    worker for the resolutions; whether W's rows and X had values off their partitions'
-    grids (off a row's grid, for a per-row partition)."""
-    _, off_w = _w_rows(job, _split_key(job, rows))
-    return off_w, _x_split(job.x, job.px, file_stamp(job.x.path))[1]
+    worker for the resolutions, converted for the kernel in every form the resolutions
+    will use (where the split is kept); whether W's rows and X had values off their
+    partitions' grids (off a row's grid, for a per-row partition)."""
+    key = _split_key(job, rows)
+    w, off_w = _w_rows(job, key)
+    x, off_x = _x_split(job.x, job.px, file_stamp(job.x.path))
+    if key in _SPLITS:  # kept: its kernel conversions now, not at the resolutions
+        prepare_block(w, x, job.order, kernel=worker_kernel(job.kernel, job.device),
+                      reuse=job.reuse)
+        _trim(key)
+    return off_w, off_x
 
 
 def _split_key(job: MatmulJob, rows: tuple[int, int]) -> SplitKey:

@@ -269,3 +269,27 @@ def test_left_operand_row_statistics_from_the_split_equal_those_read_from_its_di
         for got, expected in zip(w.abs_stats(i, axis=1), want, strict=True):
             assert got.dtype == np.float64
             np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("reuse", ["none", "karatsuba", "auto"])
+def test_a_prepared_block_converts_nothing_more_and_gives_the_same_results(reuse):
+    from layered.layering import Ordering, prepare_block, resolution_block
+
+    rng = np.random.default_rng(11)
+    p = Partition((8, 4, 0))
+    W = rng.integers(-255, 256, (30, 40)).astype(float)
+    X = rng.integers(-255, 256, (40, 20)).astype(float)
+    order = Ordering.anti_diagonal(2, 2)
+    w, x = SplitOperand(W, p, name="W"), SplitOperand(X, p, name="X")
+    prepare_block(w, x, order, kernel="numpy", reuse=reuse)
+    def conversions(a):  # (the bounds' statistics are not conversions)
+        return {key for key in a._prepared if key[0] != "stats"}
+
+    converted = conversions(w), conversions(x)
+    previous, kept = None, None
+    for r, direct in enumerate(layered_matmul(W, X, p, p, ordering=order, kernel="numpy"), 1):
+        res, kept = resolution_block(w, x, order, r, previous, kept=kept, reuse=reuse,
+                                     kernel="numpy")
+        np.testing.assert_array_equal(res.estimate, direct.estimate)
+        previous = res.estimate
+    assert (conversions(w), conversions(x)) == converted
