@@ -6,7 +6,7 @@ cache-sized block: the range check, the truncation to the finest grid, the on-gr
 and per component a shift, a subtraction and a conversion. Each pass is fast, but together
 they cost several times one read of the operand: a cold 8192x8192 float64 split took
 84 ms here against 18 ms for the GEMV that reads it once. Compiled, the same arithmetic is
-one pass that reads every value once and writes its digits (about 20 ms).
+one pass that reads every value once and writes its digits (about 30 ms).
 
 numba is optional: without it (or for what this pass does not cover) the numpy passes
 run, and they give the same digits bit for bit. Importing numba costs about 0.2 s, and
