@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -39,10 +40,10 @@ _THIN_COLUMNS = 8
 # Values per parallel block at least (fewer, larger blocks cost less to hand out).
 _CHUNK = 1 << 16
 
-# (max |a| as float bits, values out of range, off the grid, smallest T_m)
-FusedSplit = tuple[int, int, bool, int]
+# (max |a|, values out of range, off the grid, smallest T_m)
+FusedSplit = tuple[float, int, bool, int]
 
-_kernels: dict[bool, Callable[..., Any]] | None = None
+_kernels: ModuleType | None = None  # layering._fused_kernels, once loaded
 _unavailable = False
 # numba's fallback threading layer (where neither OpenMP nor TBB is found) aborts the
 # process when two threads launch parallel work at once: one launch at a time.
@@ -143,8 +144,8 @@ def fused_split(flat: np.ndarray, digits: np.ndarray, points: Sequence[int], lim
     ``T_{i+1} - (T_i << w_i)``. With ``stats``, also writes ``[sum, max]`` of each row's
     ``|digits[i]|`` (rows of ``columns`` values) into ``stats[i]`` (shape ``(m, 2, rows)``).
 
-    Returns ``(bits of max |a|, how many values were out of range or NaN, off the grid,
-    the smallest T_m)``; when values are out of range the digits are meaningless and the
+    Returns ``(max |a|, how many values were out of range or NaN, off the grid, the
+    smallest T_m)``; when values are out of range the digits are meaningless and the
     caller raises.
     """
     kernels = _load()
@@ -152,18 +153,21 @@ def fused_split(flat: np.ndarray, digits: np.ndarray, points: Sequence[int], lim
     shifts = tuple(p - points[-1] for p in points[1:])
     widths = tuple(points[i] - points[i + 1] for i in range(len(points) - 1))
     scale = float(np.ldexp(1.0, -points[-1]))
-    mask = np.iinfo(np.int64 if flat.dtype == np.float64 else np.int32).max
-    bits = flat.view(np.int64 if flat.dtype == np.float64 else np.int32)
+    # the magnitudes' bit patterns: integers of the values' width, sign bit masked off
+    width = np.int64 if flat.dtype == np.float64 else np.int32
+    bits, mask = flat.view(width), np.iinfo(width).max
     if stats is not None:
         rows = flat.size // columns
         blocks = max(1, min(rows, 8 * threads))
-        top, bad, off, low = _launch_with(threads, kernels[True], flat, bits, mask, digits,
-                                          stats, shifts, widths, limit, scale, columns, blocks)
+        top, bad, off, low = _launch_with(threads, kernels.row_split, flat, bits, mask,
+                                          digits, stats, shifts, widths, limit, scale,
+                                          columns, blocks)
     else:
         blocks = max(1, min(-(-flat.size // _CHUNK), 8 * threads))
-        top, bad, off, low = _launch_with(threads, kernels[False], flat, bits, mask, digits,
-                                          shifts, widths, limit, scale, blocks)
-    return int(top), int(bad), bool(off), int(low)
+        top, bad, off, low = _launch_with(threads, kernels.flat_split, flat, bits, mask,
+                                          digits, shifts, widths, limit, scale, blocks)
+    abs_max = float(np.array(top, dtype=bits.dtype).view(flat.dtype))
+    return abs_max, int(bad), bool(off), int(low)
 
 
 def thin_products(digits: np.ndarray, rights: Sequence[np.ndarray], exact_below: int,
@@ -181,16 +185,14 @@ def thin_products(digits: np.ndarray, rights: Sequence[np.ndarray], exact_below:
     if (digits.ndim != 2 or digits.dtype not in (np.int8, np.int16) or exact_below > 2**31
             or columns > _THIN_COLUMNS or not digits.flags.c_contiguous):
         return None
-    if not _worth(digits.size, force):
+    if not _worth(digits.size, force) or _kernels is None:
         return None
-    from . import _fused_kernels
-    from .kernel import thread_count
     from .memory import output
 
     side = np.concatenate([np.asarray(b).T for b in rights]).astype(np.int32)
     out = output((digits.shape[0], columns), np.int32)
-    threads = thread_count()
-    _launch_with(threads, _fused_kernels.int_products, digits, side, out,
+    threads = _threads()
+    _launch_with(threads, _kernels.int_products, digits, side, out,
                  max(1, min(digits.shape[0], 8 * threads)))
     outs, first = [], 0
     for b in rights:
@@ -223,7 +225,7 @@ def _launch_with(threads: int, kernel: Callable[..., Any], *args: Any) -> Any:
             numba.set_parallel_chunksize(chunksize)
 
 
-def _load() -> dict[bool, Callable[..., Any]] | None:
+def _load() -> ModuleType | None:
     global _kernels, _unavailable
     with _loading_lock:
         if _kernels is None and not _unavailable:
@@ -234,11 +236,11 @@ def _load() -> dict[bool, Callable[..., Any]] | None:
     return _kernels
 
 
-def _compile() -> dict[bool, Callable[..., Any]]:
+def _compile() -> ModuleType:
     from . import _fused_kernels
 
     _start_threads()
-    return {False: _fused_kernels.flat_split, True: _fused_kernels.row_split}
+    return _fused_kernels
 
 
 def _start_threads() -> None:

@@ -457,12 +457,12 @@ class Partition:
         stats_wanted = row_stats and 0 < columns <= _BLOCK
         if offsets is None and fused_split_usable(flat, dtypes, self.points,
                                                   row_stats=stats_wanted, force=_force_fused):
-            return self._fused_components(arr, name, flat, shape, columns, row_stats,
+            return self._fused_components(arr, name, flat, shape, columns, stats_wanted,
                                           n_clipped, clip)
         digits = [np.empty(flat.shape, dtype=dtype) for dtype in dtypes]
         # blocks of whole rows where a row fits one, so a block also gives its rows' stats
         stats = None
-        if row_stats and 0 < columns <= _BLOCK:
+        if stats_wanted:
             stats = [np.empty((2, shape[0]), dtype=np.int64) for _ in self.widths]
         size = _BLOCK // columns * columns if stats is not None else _BLOCK
         starts = range(0, flat.size, size)
@@ -493,18 +493,15 @@ class Partition:
                           shape: tuple[int, ...], columns: int, row_stats: bool,
                           n_clipped: int, clip: bool) -> Components:
         """:meth:`components` of an unscaled partition in one compiled pass
-        (:mod:`.fused`): the same digits, statistics and flags as the numpy passes."""
+        (:mod:`.fused`): the same digits, statistics and flags as the numpy passes.
+        ``row_stats``: whether to find them (rows that fit a block, as those passes)."""
         flat = np.ascontiguousarray(flat)
         digits = output((self.m, flat.size), _digit_dtype(max(self.widths)))
-        stats = None
-        if row_stats and 0 < columns <= _BLOCK:  # as the numpy passes give them
-            stats = np.empty((self.m, 2, shape[0]), dtype=np.int64)
-        top, bad, off_grid, _ = fused_split(flat, digits, self.points, self.limit, stats,
-                                         columns, thread_count())
+        stats = np.empty((self.m, 2, shape[0]), dtype=np.int64) if row_stats else None
+        abs_max, bad, off_grid, _ = fused_split(flat, digits, self.points, self.limit, stats,
+                                                columns, thread_count())
         if bad:
             self.check(arr, name)  # raises, naming the offending value
-        abs_max = float(np.array(top, dtype=np.int64 if flat.dtype == np.float64 else np.int32)
-                        .view(flat.dtype))
         return Components(
             [d.reshape(shape) for d in digits], self.exponents, self.widths, n_clipped,
             abs_max=None if clip else abs_max, off_grid=None if clip else off_grid,

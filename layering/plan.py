@@ -113,6 +113,11 @@ class ProductPlan:
     def _dtype(self, max_w: int, max_x: int) -> np.dtype:
         return self.kernel.dtype_for(self.inner * max_w * max_x, max(max_w, max_x))
 
+    def _sum_dtype(self, a: int, b: int) -> np.dtype:
+        """The dtype of Karatsuba's product of components ``a + b`` of both operands."""
+        return self._dtype(self.w.max_digit(a) + self.w.max_digit(b),
+                           self.x.max_digit(a) + self.x.max_digit(b))
+
     def _symmetric_ok(self, a: int, b: int) -> bool:
         ew, ex = self.w.components.exponents, self.x.components.exponents
         if ew[a] - ew[b] != ex[a] - ex[b]:
@@ -121,7 +126,7 @@ class ProductPlan:
                           self.x.max_digit(a), self.x.max_digit(b))
         pair_dtype = self.kernel.dtype_for(
             self.inner * max(wa * xb, wb * xa), max(wa, wb, xa, xb))
-        return self._dtype(wa + wb, xa + xb) == pair_dtype
+        return self._sum_dtype(a, b) == pair_dtype
 
     def _plan_group(self, group: tuple[tuple[int, int], ...]) -> list[_Step]:
         pending = list(group)
@@ -180,8 +185,7 @@ class ProductPlan:
             for step in steps:
                 a, b = step.a, step.b
                 if step.symmetric:
-                    dtype = self._dtype(self.w.max_digit(a) + self.w.max_digit(b),
-                                        self.x.max_digit(a) + self.x.max_digit(b))
+                    dtype = self._sum_dtype(a, b)
                     self.w.prepared_sum(a, b, dtype, self.kernel)
                     self.x.prepared_sum(a, b, dtype, self.kernel)
                 elif step.joined:
@@ -211,8 +215,7 @@ class ProductPlan:
         for step in self.steps[r]:
             a, b = step.a, step.b
             if step.symmetric:
-                dtype = self._dtype(self.w.max_digit(a) + self.w.max_digit(b),
-                                    self.x.max_digit(a) + self.x.max_digit(b))
+                dtype = self._sum_dtype(a, b)
                 s = self.kernel.product(self.w.prepared_sum(a, b, dtype, self.kernel),
                                         self.x.prepared_sum(a, b, dtype, self.kernel))
                 flops += 2 * m * self.inner * n

@@ -169,9 +169,16 @@ def test_split_reports_max_and_whether_anything_was_dropped(p, seed, dtype, on_g
         np.testing.assert_array_equal(got, want)
 
 
-def test_split_of_a_large_array_matches_truncation_and_names_a_late_bad_value(monkeypatch):
-    # many blocks, split on several threads
+@pytest.mark.parametrize("compiled", [False, True])
+def test_split_of_a_large_array_matches_truncation_and_names_a_late_bad_value(
+        compiled, monkeypatch):
+    # many blocks, split on several threads; or the one compiled pass (layering.fused)
     monkeypatch.setattr(partition, "_BLOCK", 1 << 14)
+    if compiled:
+        pytest.importorskip("numba")
+        monkeypatch.setattr(partition, "_force_fused", True)
+    else:
+        monkeypatch.setenv("LAYERED_NUMBA", "0")
     p = Partition((8, 4, 0, -2))
     a = np.random.default_rng(3).uniform(-255, 255, (700, 1000))
     comps = p.components(a)
