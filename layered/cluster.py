@@ -134,7 +134,8 @@ def close_cluster(cluster: Any) -> None:
 
 
 def _local_cluster_kwargs(settings: Settings, warm_kernel: bool = False) -> dict[str, Any]:
-    preload = ["layered.tasks.matmul_blocks", "layered.tasks.mnist_chunks"]
+    preload = ["layered.tasks.worker_start", "layered.tasks.matmul_blocks",
+               "layered.tasks.mnist_chunks"]
     if warm_kernel:  # the product kernel resolved as workers start (torch: 1.5 s)
         preload.append("layered.tasks.kernel_warm_up")
     return {

@@ -11,6 +11,14 @@ the first resolution of 8192x8192x1024 take 1.04x to 1.35x of its GEMM from run 
 references any more: the caller gets a view of a kept buffer, so the buffer is free again
 exactly when that view (and every view of it) is gone. At most ``_IDLE_BYTES`` of free
 buffers are kept; small arrays come from numpy as usual.
+
+:func:`plain_pages` turns numpy's huge-page advice off for the process, for processes that
+allocate many mid-sized arrays they keep (a Dask worker's row blocks and their kernel
+conversions). Here a fresh 8 MiB array took 15 ms to fill under the advice and 3.4 ms
+without it, and the split of a 512 x 4096 row block 52 ms against 18 ms; products were
+unchanged (within 2%). The huge pages the advice asks for were most often pages the
+virtual machine had handed back to its host, which the host must supply again at the
+first touch; plain pages come from the free pages the process's machine holds at hand.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["output"]
+__all__ = ["output", "plain_pages"]
 
 # Arrays below this size gain little: their pages are few.
 _MIN_BYTES = 1 << 22
@@ -75,3 +83,18 @@ def _trim() -> None:
         if idle <= _IDLE_BYTES:
             break
         idle -= _buffers.pop(key).nbytes
+
+
+def plain_pages() -> bool:
+    """Allocate numpy arrays without the huge-page advice from now on in this process,
+    unless ``NUMPY_MADVISE_HUGEPAGE`` says otherwise (numpy's own switch, read only as
+    numpy is imported); whether the advice is off now."""
+    import os
+
+    if os.environ.get("NUMPY_MADVISE_HUGEPAGE", "").strip() not in ("", "0"):
+        return False
+    switch = getattr(np._core.multiarray, "_set_madvise_hugepage", None)
+    if switch is None:  # a numpy without it: its default stays
+        return False
+    switch(False)
+    return True

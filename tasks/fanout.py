@@ -56,11 +56,13 @@ class Call:
 
 @dataclass(frozen=True)
 class Submitted:
-    """Calls submitted to the cluster and not collected yet: their futures, in order, and
-    the workers they were pinned to (round robin; empty if not pinned)."""
+    """Calls submitted to the cluster and not collected yet: their futures, in order, the
+    workers they were pinned to (round robin; empty if not pinned), and their Dask
+    priority (a step chained after another runs after it on each worker)."""
 
     futures: list[Any]
     workers: list[str] = field(default_factory=list)
+    priority: int = 0
 
     def cancel(self) -> None:
         """Drop the calls still queued (a running call runs to its end, unawaited)."""
@@ -92,7 +94,11 @@ def submit(calls: Sequence[Call], pinned: bool = False, after: Submitted | None 
     ``after`` has finished, on the same worker where they are pinned: a step that reads
     what the step before wrote for the same rows is queued behind it and follows it at
     once. Should Dask lose a finished call of ``after`` (its worker died) before its
-    follower ran, it runs that call again first.
+    follower ran, it runs that call again first. Its calls rank below those of ``after``
+    on every worker: a worker finishes every block of the earlier step it holds before
+    it starts on the next step (without priorities, Dask ran each follower as soon as
+    its predecessor ended, ahead of the earlier step's remaining blocks, which delayed
+    that step's end by up to half its length).
     """
     if after is not None and len(after.futures) != len(calls):
         raise ValueError(f"{len(calls)} calls cannot follow {len(after.futures)} calls one"
@@ -103,6 +109,7 @@ def submit(calls: Sequence[Call], pinned: bool = False, after: Submitted | None 
         workers = after.workers  # the same workers, and no round trip to ask for them
     else:
         workers = sorted(client.scheduler_info(n_workers=-1)["workers"]) if pinned else []
+    priority = 0 if after is None else after.priority - 1
     futures = []
     for i, c in enumerate(calls):
         # A chained call is a light wrapper (no Prefect to import on the worker).
@@ -111,9 +118,9 @@ def submit(calls: Sequence[Call], pinned: bool = False, after: Submitted | None 
         futures.append(client.submit(
             fn, *args, key=f"{c.label}-{token}",
             workers=[workers[i % len(workers)]] if workers else None,
-            allow_other_workers=bool(workers),
+            allow_other_workers=bool(workers), priority=priority,
         ))
-    return Submitted(futures, workers)
+    return Submitted(futures, workers, priority)
 
 
 def collect(submitted: Submitted, deadline: float | None) -> list[Any] | None:
