@@ -52,6 +52,7 @@ __all__ = [
     "resolution_block",
     "static_bound",
     "truncation_bound",
+    "float64_exact",
     "BOUND_KINDS",
 ]
 
@@ -297,6 +298,25 @@ def truncation_bound(
     ``2**p_m`` of the partition, and 0 when the operand is already on its grid.
     """
     return float(inner * (w_drop * x_abs_max + x_drop * w_abs_max))
+
+
+def float64_exact(
+    inner: int, w_step: float, x_step: float, w_abs_max: float, x_abs_max: float
+) -> bool:
+    """Is every float64 product ``W @ X`` of operands on grids of steps ``w_step`` and
+    ``x_step`` exact, whatever the order of its sums?
+
+    Each term and each partial sum is a multiple of ``w_step * x_step`` (both powers of
+    two) of magnitude at most ``inner * max|W| * max|X|``: float64 holds all of them
+    exactly when that is at most ``2**53`` steps and the step itself is a normal number.
+
+    >>> float64_exact(2048, 1.0, 1.0, 128, 128)
+    True
+    >>> float64_exact(2**20, 1.0, 1.0, 2**20, 2**20)
+    False
+    """
+    step = w_step * x_step
+    return step >= 2.0**-1022 and inner * w_abs_max * x_abs_max <= 2.0**53 * step
 
 
 def _as_split(

@@ -154,17 +154,21 @@ def _block_calls(job: MatmulJob, resolution: int, previous: tuple[str, str] | No
 
 # ------------------------------------------------------------------------- measuring
 @task(task_run_name="max-abs-error", cache_policy=NO_CACHE)
-def measure_errors(job: MatmulJob, estimates: Sequence[str]
+def measure_errors(job: MatmulJob, estimates: Sequence[str], reference: str | None = None
                    ) -> tuple[list[float], list[float]]:
     """``max |W_t @ X_t - Ω_r|`` and ``max |W @ X - Ω_r|`` of each estimate file, by row
     blocks on the cluster.
 
     The float64 one-shot products of the truncated operands and of the operands as given
     are computed block by block and never stored; the flow runs this after the layering,
-    off its path.
+    off its path. With ``reference``, the estimate of an exact final resolution (its
+    bound 0, the operands on their grids and ``job.float64_exact``), no product is
+    computed: both products are exact then, hence equal to that estimate, and the errors
+    are measured against it.
     """
     blocks = fan_out(
-        [Call(f"max-abs-error-rows-{a}-{b}", error_block, (job, tuple(estimates), (a, b)))
+        [Call(f"max-abs-error-rows-{a}-{b}", error_block,
+              (job, tuple(estimates), (a, b), reference))
          for a, b in job.blocks()],
         None,
     )

@@ -60,6 +60,9 @@ class MatmulJob:
         Rows of W per Dask block.
     truncation : float
         Bound on ``|W @ X - W_t @ X_t|`` (0 for operands on their partitions' grids).
+    float64_exact : bool
+        Whether the float64 one-shot ``W @ X`` is exact (operands on their grids, and
+        small enough: :func:`~layered.layering.product.float64_exact`).
     reuse : str
         Product plan of every block (see :mod:`layered.layering.plan`); a block keeps the
         products it computed early on its worker until the resolution that adds them.
@@ -75,6 +78,7 @@ class MatmulJob:
     order: Ordering
     block_rows: int
     truncation: float = 0.0
+    float64_exact: bool = False
     reuse: str = "auto"
     kernel: str = "auto"
     device: str | None = None
@@ -245,19 +249,27 @@ def _truncated(source: ArraySource, partition: Partition, stamp: tuple[int, int]
     return partition.truncate(_as_given(source, stamp))
 
 
-def error_block(job: MatmulJob, estimates: tuple[str, ...], rows: tuple[int, int]
-                 ) -> list[tuple[float, float]]:
+def error_block(job: MatmulJob, estimates: tuple[str, ...], rows: tuple[int, int],
+                reference: str | None = None) -> list[tuple[float, float]]:
     """``(max |W_t @ X_t - Ω_r|, max |W @ X - Ω_r|)`` over rows of each estimate: against
     the float64 one-shot products of the truncated operands and of the operands as given
-    (computed here, for these rows)."""
-    w = job.w.rows(*rows)
-    stamp = file_stamp(job.x.path)
-    given = w.astype(np.float64) @ _as_given(job.x, stamp)
-    # Operands on their grids (no truncation bound) are their own truncation: one product.
-    truncated = given if job.truncation == 0 else (
-        job.pw.rows(*rows).truncate(w) @ _truncated(job.x, job.px, stamp))
+    (computed here, for these rows), or against ``reference``, an estimate equal to both
+    (see :func:`layered.tasks.matmul.measure_errors`)."""
+    if reference is not None:
+        given = truncated = np.load(reference, mmap_mode="r")[rows[0] : rows[1]]
+    else:
+        w = job.w.rows(*rows)
+        stamp = file_stamp(job.x.path)
+        given = w.astype(np.float64) @ _as_given(job.x, stamp)
+        # Operands on their grids (no truncation bound) are their own truncation: one
+        # product.
+        truncated = given if job.truncation == 0 else (
+            job.pw.rows(*rows).truncate(w) @ _truncated(job.x, job.px, stamp))
     errors: list[tuple[float, float]] = []
     for path in estimates:
+        if path == reference:
+            errors.append((0.0, 0.0))
+            continue
         estimate = np.load(path, mmap_mode="r")[rows[0] : rows[1]]
         error = _max_abs_difference(given, estimate)
         errors.append((error if truncated is given else

@@ -162,6 +162,72 @@ def test_a_block_run_again_after_its_resolution_was_committed_writes_nothing(tmp
     assert not Path(staged.estimate).exists()
 
 
+def test_errors_against_an_exact_final_resolution_equal_those_against_the_products(tmp_path):
+    """On integer operands whose float64 product is exact, the final resolution (bound 0)
+    is that product: measured against it, the errors are those the reference products
+    give, and those of an independent exact product."""
+    from layered.data.operands import open_operand
+    from layered.layering.product import float64_exact
+    from layered.tasks.matmul_blocks import MatmulJob, error_block
+
+    W, X = synthetic_operands((24, 40, 5), seed=3)
+    np.save(tmp_path / "W.npy", W)
+    np.save(tmp_path / "X.npy", X)
+    p = Partition((8, 4, 0))
+    order = resolve_ordering("anti-diagonal", p, p)
+    assert float64_exact(40, 1.0, 1.0, 128, 128)
+    job = MatmulJob(open_operand(str(tmp_path / "W.npy"), "W"),
+                    open_operand(str(tmp_path / "X.npy"), "X"), p, p, order, block_rows=10,
+                    float64_exact=True)
+    direct = list(layered_matmul(W, X, p, p, ordering=order))
+    assert direct[-1].max_bound == 0
+    paths = []
+    for res in direct:
+        paths.append(str(tmp_path / f"estimate-{res.resolution}.npy"))
+        np.save(paths[-1], res.estimate)
+    exact = W.astype(np.int64) @ X.astype(np.int64)
+    for rows in job.blocks():
+        measured = error_block(job, tuple(paths), rows)
+        against_final = error_block(job, tuple(paths), rows, reference=paths[-1])
+        assert against_final == measured
+        a, b = rows
+        assert [e[0] for e in measured] == [
+            float(np.max(np.abs(exact[a:b] - r.estimate[a:b]))) for r in direct]
+    assert measured[-1] == (0.0, 0.0)
+
+
+def test_calls_chained_after_others_wait_for_all_of_them_on_each_worker(
+    local_cluster_address, tmp_path
+):
+    """A step submitted after another (``after``) ranks below it: on each worker, every
+    block of the first step runs before any of the second, even those whose own
+    predecessor ended early."""
+    from distributed import Client
+
+    with Client(local_cluster_address, set_as_default=False) as client:
+        client.run(importlib.import_module, "layered.tasks.fanout")
+        client.run(importlib.import_module, "layered.task_runner")
+        log = client.submit(_two_steps_logged, str(tmp_path), pure=False).result(timeout=60)
+    for worker in {w for w, _, _ in log}:
+        steps = [step for w, step, _ in sorted(log, key=lambda e: e[2]) if w == worker]
+        assert steps == sorted(steps), steps
+
+
+def _two_steps_logged(directory):
+    import os
+    import time as clock
+
+    from layered.tasks.fanout import Call, collect, submit
+
+    def block(step, i):
+        clock.sleep(0.02)
+        return os.getpid(), step, clock.time()
+
+    first = submit([Call(f"first-{i}", block, (1, i)) for i in range(8)], pinned=True)
+    second = submit([Call(f"second-{i}", block, (2, i)) for i in range(8)], after=first)
+    return collect(first, None) + collect(second, None)
+
+
 def test_decide_stops_at_the_last_resolution_the_tolerance_or_the_deadline():
     assert decide.fn(3, 3, bound=0.0, tolerance=None, deadline=None) == "completed"
     assert decide.fn(1, 3, bound=5.0, tolerance=5.0, deadline=None) == "tolerance"
