@@ -93,7 +93,10 @@ def plain_pages() -> bool:
 
     if os.environ.get("NUMPY_MADVISE_HUGEPAGE", "").strip() not in ("", "0"):
         return False
-    switch = getattr(np._core.multiarray, "_set_madvise_hugepage", None)
+    import importlib
+
+    switch = getattr(importlib.import_module("numpy._core.multiarray"),
+                     "_set_madvise_hugepage", None)
     if switch is None:  # a numpy without it: its default stays
         return False
     switch(False)
