@@ -610,3 +610,13 @@ def test_workers_of_a_cluster_for_torch_resolve_the_kernel_as_they_start_others_
             time.sleep(0.2)
     with local_cluster(settings) as cluster, Client(cluster) as client:
         assert list(client.run(_kernel_state).values()) == [(False, 0)]
+        # and every worker allocates without numpy's huge-page advice (layered.tasks.worker_start)
+        assert list(client.run(_huge_page_advice).values()) == [False]
+
+
+def _huge_page_advice():
+    from numpy._core.multiarray import _set_madvise_hugepage
+
+    advice = _set_madvise_hugepage(False)
+    _set_madvise_hugepage(advice)
+    return advice

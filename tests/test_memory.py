@@ -67,3 +67,24 @@ def test_kernel_results_stay_correct_across_reused_buffers():
             kept.append((step, estimate))
     for step, estimate in kept:
         np.testing.assert_array_equal(estimate, 8.0 * (a.astype(np.float64) @ (b + step)))
+
+
+@pytest.mark.parametrize(("environ", "off"), [(None, True), ("1", False), ("0", True)])
+def test_plain_pages_turns_numpy_huge_page_advice_off_unless_numpy_is_told_otherwise(
+    environ, off
+):
+    import os
+    import subprocess
+    import sys
+
+    script = ("import numpy._core.multiarray as m\n"
+              "from layered.layering.memory import plain_pages\n"
+              "done = plain_pages()\n"
+              "print(done, m._set_madvise_hugepage(True))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    if environ is not None:
+        env["NUMPY_MADVISE_HUGEPAGE"] = environ
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    # whether it acted, and the advice it left (numpy's own when told by its variable)
+    assert out == [str(off), str(not off and environ != "0")]
