@@ -91,6 +91,7 @@ def _flow_run_name() -> str:
     flow_run_name=_flow_run_name,
     task_runner=dask_task_runner(Settings.from_env(), warm_kernel=True),
     validate_parameters=True,
+    **lifecycle.UNPERSISTED,
 )
 def matmul_flow(
     shape: list[int] | None = None,

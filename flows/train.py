@@ -51,6 +51,7 @@ def _flow_run_name() -> str:
     flow_run_name=_flow_run_name,
     task_runner=dask_task_runner(Settings.from_env()),
     validate_parameters=True,
+    **lifecycle.UNPERSISTED,
 )
 def train_flow(
     data_dir: str | None = None,
