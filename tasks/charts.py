@@ -154,7 +154,7 @@ def _ticks(
         pad = 1.0 if scale == "symlog" or lo == 0 else abs(lo) / 10
         lo, hi = lo - pad, hi + pad
     if scale == "symlog":
-        step = float(max(1, math.ceil((hi - lo) / 8)))
+        step = float(max(1, math.ceil((hi - lo) / 10)))
     else:
         step = _nice_step((hi - lo) / 5)
         step = max(step, 1.0) if integer else step
