@@ -2,7 +2,7 @@
 library to import.
 
 A run plots a few points per series: writing them as SVG text takes about a millisecond,
-where matplotlib took about 0.5 s to import and 50 ms a figure. A chart is a box of axes
+where matplotlib took about 0.5 s to import and 60 ms a figure. A chart is a box of axes
 with a light grid, tick labels on both axes, a polyline with markers per series (circles,
 then dashed with squares) and a legend. The y axis is linear, or *symlog*: linear between
 -1 and 1 and a decade a unit beyond, so that a bound that ends at exactly 0 still shows.
