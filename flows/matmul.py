@@ -138,7 +138,6 @@ def matmul_flow(
     deadline_at = None if deadline is None else started_at + deadline
     check_limits(deadline, tolerance, block_rows)
     check_kernel(kernel, device)
-    report.warm_up_plotting()
     settings = Settings.from_env().replace(store=Path(store) if store else None,
                                            block_rows=block_rows)
     runs = RunStore(settings.store)

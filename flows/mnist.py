@@ -130,7 +130,6 @@ def mnist_flow(
     deadline_at = None if deadline is None else started_at + deadline
     check_limits(deadline, None, None)
     check_kernel(kernel, device)
-    report.warm_up_plotting()
     settings = Settings.from_env().replace(store=Path(store) if store else None)
     runs = RunStore(settings.store)
     run_id = run_id or new_run_id("mnist")

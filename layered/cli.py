@@ -450,13 +450,13 @@ def _run_flow(
 
 
 def _import_flow_module(module: str) -> Any:
-    """Import the flow's module, what Prefect imports on a flow run's first call (the JSON
-    encoder of its parameters, FastAPI's: about 0.4 s) and the plots' matplotlib (0.5 s):
-    here they overlap the cluster's start, in the flow they would hold the interpreter
-    while it fans out its first blocks."""
+    """Import the flow's module and what Prefect imports on a flow run's first call (the
+    JSON encoder of its parameters, FastAPI's: about 0.4 s) and as its engine starts
+    (:data:`_ENGINE_MODULES`): here they overlap the cluster's start, in the flow they
+    would hold the interpreter while it fans out its first blocks."""
     import importlib
 
-    for name in ("fastapi.encoders", "matplotlib.figure", *_ENGINE_MODULES):
+    for name in ("fastapi.encoders", *_ENGINE_MODULES):
         importlib.import_module(name)
     return importlib.import_module(module)
 

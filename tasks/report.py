@@ -1,8 +1,8 @@
-"""What a run shows while it runs and after: terminal lines, Prefect artifacts, PNG plots.
+"""What a run shows while it runs and after: terminal lines, Prefect artifacts, SVG plots.
 
 Per resolution: a line on the terminal (through the ``layered.progress`` logger, which the
 CLI prints), a new version of the run's table artifact, and an update of its progress
-artifact. At the end: PNG plots in the run directory and a markdown summary linking them.
+artifact. At the end: SVG plots in the run directory and a markdown summary linking them.
 
 Examples
 --------
@@ -21,7 +21,6 @@ Examples
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 import threading
@@ -29,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
+
+from layered.tasks.charts import Chart, line_chart, write_charts
 
 __all__ = [
     "ROW_FIELDS",
@@ -45,7 +46,6 @@ __all__ = [
     "start_progress",
     "publish_resolution",
     "plot_matmul",
-    "warm_up_plotting",
     "publish_summary",
     "publish_training",
 ]
@@ -159,89 +159,35 @@ def publish_table(
     )
 
 
-def warm_up_plotting() -> None:
-    """Import matplotlib in a background thread, so that plotting at the end costs no import.
-
-    The flow mostly waits on the cluster, so the import (about 0.5 s) overlaps that wait.
-    """
-    threading.Thread(
-        target=importlib.import_module, args=("matplotlib.figure",), daemon=True
-    ).start()
-
-
 def plot_matmul(entries: Sequence[Mapping[str, Any]], directory: Path) -> list[Path]:
-    """PNG plots of the bound and error against resolution and against time."""
-    # The object-oriented Figure API with the Agg canvas: no pyplot, no GUI backend, and
-    # half the import time.
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    """SVG plots of the bound and the measured error against resolution and against time.
 
+    The y axis is symlog: the final resolution's bound and error are exactly 0.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    res = [e["resolution"] for e in entries]
+    bounds = [e["bound"] for e in entries]
+    errors = [e.get("max_abs_error") for e in entries]
     paths = []
     for name, x, label in (
-        ("bound_error_by_resolution.png", res, "resolution"),
-        ("bound_error_by_time.png", [e["elapsed_s"] for e in entries], "elapsed (s)"),
+        ("bound_error_by_resolution.svg", [e["resolution"] for e in entries], "resolution"),
+        ("bound_error_by_time.svg", [e["elapsed_s"] for e in entries], "elapsed (s)"),
     ):
-        fig = Figure(figsize=(6, 4))
-        ax = fig.add_subplot()
-        ax.plot(x, [e["bound"] for e in entries], "o-", label="guaranteed bound (max)")
-        errors = [(xi, e["max_abs_error"]) for xi, e in zip(x, entries, strict=True)
-                  if e.get("max_abs_error") is not None]
-        if errors:
-            ax.plot(*zip(*errors, strict=True), "s--", label="max |error| (measured)")
-        # symlog: the final resolution's bound and error are exactly 0. Plain tick labels
-        # (100, 1e6): the default mathtext ones cost most of the plotting time.
-        ax.set_yscale("symlog", linthresh=1.0)
-        ax.yaxis.set_major_formatter(FuncFormatter(_plain_tick))
-        if x is res:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(label)
-        ax.set_ylabel("|W X - estimate|")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        # Fixed margins that fit the plain tick labels: tight_layout measures every text
-        # first, which doubled the plotting time.
-        fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.96)
-        path = directory / name
-        fig.savefig(path, dpi=100)
-        paths.append(path)
+        series = [("guaranteed bound (max)", x, bounds), ("max |error| (measured)", x, errors)]
+        paths.append(line_chart(directory / name, series, label, "|W X - estimate|",
+                                y_scale="symlog", integer_x=label == "resolution"))
     return paths
 
 
-def _plain_tick(value: float, _: object = None) -> str:
-    """``1000``, ``1e6``, ``-1e9``: a tick label without mathtext.
-
-    >>> [_plain_tick(v) for v in (0.0, 10.0, 1e4, -1e9, 0.5)]
-    ['0', '10', '1e4', '-1e9', '0.5']
-    """
-    if value == 0 or 1e-3 <= abs(value) < 1e4:
-        return f"{value:g}"
-    mantissa, exponent = f"{value:.0e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
-
-
 def plot_mnist(entries: Sequence[Mapping[str, Any]], directory: Path) -> list[Path]:
-    """A PNG plot of the accuracy and the fraction of samples still active per resolution."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
+    """An SVG plot of the accuracy and of the fraction of samples still active per
+    resolution, side by side."""
     directory.mkdir(parents=True, exist_ok=True)
     res = [e["resolution"] for e in entries]
-    fig = Figure(figsize=(10, 4))
-    for ax, field, label in zip(
-        fig.subplots(1, 2), ("accuracy", "active_fraction"),
-        ("accuracy (all samples)", "fraction of samples still active"), strict=True,
-    ):
-        ax.plot(res, [e[field] for e in entries], "o-")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("resolution")
-        ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = directory / "accuracy_active_by_resolution.png"
-    fig.savefig(path, dpi=100)
-    return [path]
+    charts = [Chart([("", res, [e.get(field) for e in entries])], "resolution", label,
+                    integer_x=True)
+              for field, label in (("accuracy", "accuracy (all samples)"),
+                                   ("active_fraction", "fraction of samples still active"))]
+    return [write_charts(directory / "accuracy_active_by_resolution.svg", charts, width=500)]
 
 
 def publish_summary(
@@ -264,7 +210,7 @@ def publish_summary(
         lines.append("| " + " | ".join(_cell(row.get(f)) for f in fields) + " |")
     if summary.get("final"):
         lines += ["", "Final: " + ", ".join(f"{k} {_cell(v)}" for k, v in summary["final"].items())]
-    lines += ["", "Plots (PNG, saved with the run):", ""]
+    lines += ["", "Plots (SVG, saved with the run):", ""]
     lines += [f"- [{p.stem.replace('_', ' ')}]({p.resolve().as_uri()}) `{p}`" for p in plots]
     create_markdown_artifact(
         markdown="\n".join(lines), key=f"{key}-summary", description="run summary"

@@ -15,8 +15,9 @@ MODULES = sorted(
 
 
 PIPELINE_MODULES = ["layered.tasks.matmul", "layered.tasks.chain", "layered.tasks.mnist",
-                    "layered.tasks.report", "layered.flows.lifecycle", "layered.flows.signals",
-                    "layered.cluster", "layered.server", "layered.request", "layered.stream_cli"]
+                    "layered.tasks.report", "layered.tasks.charts", "layered.flows.lifecycle",
+                    "layered.flows.signals", "layered.cluster", "layered.server", "layered.request",
+                    "layered.stream_cli"]
 
 
 @pytest.mark.parametrize("name", ["layered.layering", *MODULES, *PIPELINE_MODULES])

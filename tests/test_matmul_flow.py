@@ -352,8 +352,8 @@ def test_flow_on_a_local_cluster_equals_layered_matmul(local_cluster_address, ru
     assert manifest["parameters"]["partition_w"] == [8, 4, 0]  # 8-bit integers split 4+4
     assert summary["resolutions"][-1]["bound"] == 0.0
     assert summary["resolutions"][-1]["max_abs_error"] == 0.0
-    plot = store / "local" / "plots" / "bound_error_by_resolution.png"
-    assert plot.read_bytes().startswith(b"\x89PNG")
+    plot = store / "local" / "plots" / "bound_error_by_resolution.svg"
+    assert plot.read_bytes().startswith(b"<?xml")
     table, progress, markdown = _latest_artifacts(["matmul-local", "matmul-local-progress",
                                                    "matmul-local-summary"])
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data

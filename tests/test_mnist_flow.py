@@ -120,8 +120,8 @@ def test_flow_on_a_local_cluster_equals_layered_inference(
     assert summary["final"]["accuracy"] == pytest.approx(np.mean(final == even), abs=1e-12)
     full = full_resolution_classes(net, test_split[0])
     assert summary["final"]["agreement_with_full"] == pytest.approx(np.mean(final == full))
-    plot = store / "gray" / "plots" / "accuracy_active_by_resolution.png"
-    assert plot.read_bytes().startswith(b"\x89PNG")
+    plot = store / "gray" / "plots" / "accuracy_active_by_resolution.svg"
+    assert plot.read_bytes().startswith(b"<?xml")
     table, progress, markdown = latest_artifacts(["mnist-gray", "mnist-gray-progress",
                                                    "mnist-gray-summary"])
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
