@@ -12,6 +12,11 @@ references any more: the caller gets a view of a kept buffer, so the buffer is f
 exactly when that view (and every view of it) is gone. At most ``_IDLE_BYTES`` of free
 buffers are kept; small arrays come from numpy as usual.
 
+:func:`keep_freed_memory` has glibc keep the memory a process frees for its next arrays,
+instead of handing it back to the system at once (as a Dask worker is told to): a 512-row
+block of 2048 x 2048 x 512 took about 1300 page faults a resolution, the last resolution
+4.5 ms of CPU instead of 2.
+
 :func:`plain_pages` turns numpy's huge-page advice off for the process, for processes that
 allocate many mid-sized arrays they keep (a Dask worker's row blocks and their kernel
 conversions). Here a fresh 8 MiB array took 15 ms to fill under the advice and 3.4 ms
@@ -29,7 +34,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["output", "plain_pages"]
+__all__ = ["output", "plain_pages", "keep_freed_memory"]
 
 # Arrays below this size gain little: their pages are few.
 _MIN_BYTES = 1 << 22
@@ -101,3 +106,30 @@ def plain_pages() -> bool:
         return False
     switch(False)
     return True
+
+
+#: glibc's mallopt parameters: arrays up to this size come from the heap (its maximum for
+#: a thread's arena), and free memory up to this size stays at the heap's top.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_HEAP_ARRAYS, _KEPT_FREE = 32 << 20, 512 << 20
+
+
+def keep_freed_memory(memory_limit: int | None = None) -> bool:
+    """Have glibc serve arrays up to 32 MiB from the heap and keep up to 512 MiB (an eighth
+    of ``memory_limit`` at most) of freed memory for later ones, rather than return it to
+    the system each time; whether it did (False where the C library is not glibc).
+
+    Fresh pages cost a page fault each: a process that frees and makes arrays of the same
+    sizes block after block pays them again every time otherwise.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    keep = _KEPT_FREE if not memory_limit else min(_KEPT_FREE, memory_limit // 8)
+    arrays = min(_HEAP_ARRAYS, keep)
+    return bool(mallopt(_M_MMAP_THRESHOLD, arrays)) and bool(mallopt(_M_TRIM_THRESHOLD, keep))
