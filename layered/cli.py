@@ -433,7 +433,8 @@ def _run_flow(
             stack.callback(closing.start, close_cluster, cluster)
             cluster_client(address, settings.scheduler_timeout_s)
         wait_ready(api, settings.server_timeout_s)
-        flow = getattr(flow_module.join(), name)
+        flows, client = flow_module.join()
+        flow = getattr(flows, name)
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         from layered.cluster import dask_task_runner
@@ -441,24 +442,33 @@ def _run_flow(
         _say(f"ready after {time.perf_counter() - t0:.2f} s; Dask scheduler {address}")
         t1 = time.perf_counter()
         # No heartbeats: a run that dies is marked Crashed by the run that resumes it, and
-        # the engine would wait up to a second at the end for the heartbeat thread.
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        # the engine would wait up to a second at the end for the heartbeat thread. The
+        # engine takes the API client it finds, made while the cluster started.
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), client:
             state = call(flow.with_options(task_runner=dask_task_runner(settings, address)))
         _say(f"flow run {state.name} after {time.perf_counter() - t1:.2f} s")
     _say(f"done after {time.perf_counter() - t0:.2f} s")
     return state
 
 
-def _import_flow_module(module: str) -> Any:
+def _import_flow_module(module: str) -> tuple[Any, Any]:
     """Import the flow's module and what Prefect imports on a flow run's first call (the
     JSON encoder of its parameters, FastAPI's: about 0.4 s) and as its engine starts
-    (:data:`_ENGINE_MODULES`): here they overlap the cluster's start, in the flow they
-    would hold the interpreter while it fans out its first blocks."""
+    (:data:`_ENGINE_MODULES`), and make the flow run's API client (its TLS context alone
+    takes 20 ms): here they overlap the cluster's start, in the flow they would hold the
+    interpreter while it fans out its first blocks. Returns the module and the client's
+    context, which the engine takes as it finds it entered."""
     import importlib
 
     for name in ("fastapi.encoders", *_ENGINE_MODULES):
         importlib.import_module(name)
-    return importlib.import_module(module)
+    flows = importlib.import_module(module)
+    for name in _ENGINE_MODELS:  # built on first use (pydantic's deferred build): 10 ms
+        module_name, _, model = name.rpartition(".")
+        getattr(importlib.import_module(module_name), model).model_rebuild()
+    from prefect.context import SyncClientContext
+
+    return flows, SyncClientContext()
 
 
 #: What Prefect imports as a flow run starts and as its first task runs (about 25 ms that
@@ -469,6 +479,14 @@ _ENGINE_MODULES = (
     "prefect.telemetry.run_telemetry", "prefect.concurrency.v1.context",
     "prefect.concurrency.sync", "anyio._backends._asyncio", "numpy.random",
 )
+#: The API's models a flow run and its first task runs, logs and artifacts use.
+_ENGINE_MODELS = tuple(f"prefect.client.schemas.{name}" for name in (
+    "actions.FlowCreate", "actions.FlowRunCreate", "actions.FlowRunUpdate",
+    "actions.LogCreate", "actions.ArtifactCreate", "actions.ArtifactUpdate",
+    "objects.FlowRun", "objects.FlowRunPolicy", "objects.ConcurrencyLeaseHolder",
+    "objects.Artifact",
+)) + ("prefect.events.schemas.events.Event", "prefect.artifacts.TableArtifact",
+      "prefect.artifacts.ProgressArtifact", "prefect.artifacts.MarkdownArtifact")
 
 
 class _Background:
