@@ -188,23 +188,25 @@ def _layer_resolutions(
             stopped = decide(last["resolution"], total, last["bound"], tolerance, None)
             if stopped is not None:  # resumed a run that had nothing left to do
                 return Stop(stopped, time.time())
-        previous = None
-        if entries:
-            committed = run.array_path(entries[-1]["files"]["estimate"])
-            previous = (committed, committed)
+        # Every estimate so far, by its staged file and final name (one of them exists):
+        # the last resolution's blocks read the ones before their previous for the errors.
+        estimates = [(path, path) for path in
+                     (run.array_path(e["files"]["estimate"]) for e in entries)]
+        previous = estimates[-1] if estimates else None
         persisted: Future[None] | None = None
         staged = _stage(run, job, len(entries) + 1)
         ahead: Submitted | None = None  # this resolution's blocks, if submitted already
         for resolution in range(len(entries) + 1, total + 1):
+            final = (staged.estimate, run.array_path(_files(resolution)["estimate"]))
             # The next resolution's blocks are submitted with this one's, each behind the
             # block of the same rows: the workers go on while the flow decides.
             following = None if resolution == total else FollowingResolution(
-                _stage(run, job, resolution + 1),
-                (staged.estimate, run.array_path(_files(resolution)["estimate"])),
+                _stage(run, job, resolution + 1), final,
+                tuple(estimates) if resolution + 1 == total else (),
             )
             outcome = lifecycle.run_task(
                 layer_resolution, job, resolution, previous, staged, deadline_at, ahead,
-                following, what=f"resolution {resolution}", run=run,
+                following, tuple(estimates[:-1]), what=f"resolution {resolution}", run=run,
             )
             if isinstance(outcome, Stop):
                 return outcome
@@ -215,12 +217,19 @@ def _layer_resolutions(
                 persisted.result()  # a commit that failed fails the run now
             entry = _entry(outcome, clock.elapsed())
             entries.append(entry)
+            estimates.append(final)
             persisted = store.submit(_persist, run, entry, staged)
+            if outcome.earlier_errors is not None:  # measured by an exact last resolution
+                errors = {e["resolution"]: error for e, error in
+                          zip(entries[:-1], outcome.earlier_errors, strict=True)}
+                for e in entries[:-1]:
+                    e["max_abs_error"] = e["max_abs_error_float64"] = errors[e["resolution"]]
+                store.submit(_record_errors, run, errors)
             # The next resolution reads this one from the staged file, or, once the store
             # moved it, from its final name.
             if following is not None:
                 previous, staged = following.previous, following.out
-            ui.submit(_show, key, list(entries), total, progress, persisted, entries)
+            ui.submit(_show, key, [dict(e) for e in entries], total, progress, persisted, entries)
             # The decision is a pure function of these values: the flow takes it at once,
             # and its Prefect task run (the same call, same values) is recorded off the
             # layering's path, before its line.
@@ -242,8 +251,11 @@ def _measure_errors(run: Run, job: MatmulJob, ui: lifecycle.Publisher) -> None:
     layering, so never on its path) on the cluster, and show them in the UI.
 
     Where the run reached its final resolution with bound 0 and both products are exact
-    (``job.float64_exact``), they equal that resolution's estimate: the errors are measured
-    against it, without computing them (at 2048 x 2048 x 512, 20 ms instead of 126)."""
+    (``job.float64_exact``), they equal that resolution's estimate: its blocks measured the
+    errors against it as they computed it (:func:`~layered.tasks.matmul_blocks.layer_block`),
+    and nothing is left to do here; otherwise (another invocation computed the last
+    resolution, say) they are measured against it, without computing the products (at 2048
+    x 2048 x 512, 20 ms instead of 126)."""
     completed = run.completed_resolutions()
     entries = [e for e in completed if e.get("max_abs_error") is None]
     if not entries:
@@ -280,9 +292,19 @@ def _show(key: str, entries: list[dict[str, Any]], total: int, progress: Future[
 
 
 def _entry(outcome: ResolutionOutcome, elapsed_s: float) -> dict[str, Any]:
-    """The manifest entry of a resolution, naming its arrays' final relative paths."""
-    return {**dataclasses.asdict(outcome), "elapsed_s": elapsed_s,
-            "files": _files(outcome.resolution)}
+    """The manifest entry of a resolution, naming its arrays' final relative paths (an
+    exact last resolution, which measured the errors of those before it, has error 0)."""
+    entry = {**dataclasses.asdict(outcome), "elapsed_s": elapsed_s,
+             "files": _files(outcome.resolution)}
+    if entry.pop("earlier_errors") is not None:
+        entry["max_abs_error"] = entry["max_abs_error_float64"] = 0.0
+    return entry
+
+
+def _record_errors(run: Run, errors: Mapping[int, float]) -> None:
+    """Record the errors an exact last resolution measured of the resolutions before it."""
+    for name in ("max_abs_error", "max_abs_error_float64"):
+        run.record_measures(name, errors)
 
 
 def _files(resolution: int) -> dict[str, str]:

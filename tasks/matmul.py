@@ -87,10 +87,13 @@ def prepare_operands(job: MatmulJob, deadline: float | None) -> tuple[bool, bool
 @dataclass(frozen=True)
 class FollowingResolution:
     """What the next resolution's blocks need before this one is done: its staged files,
-    and this resolution's estimate (its staged file and final name), which they read."""
+    this resolution's estimate (its staged file and final name), which they read, and
+    the estimates before it (the same way; for the errors an exact last resolution
+    measures, see :func:`~layered.tasks.matmul_blocks.layer_block`)."""
 
     out: StagedResolution
     previous: tuple[str, str]
+    earlier: tuple[tuple[str, str], ...] = ()
 
 
 @task(task_run_name="resolution-{resolution}", cache_policy=NO_CACHE)
@@ -102,6 +105,7 @@ def layer_resolution(
     deadline: float | None,
     submitted: Submitted | None = None,
     following: FollowingResolution | None = None,
+    earlier: tuple[tuple[str, str], ...] = (),
 ) -> tuple[ResolutionOutcome, Submitted | None] | State:
     """Resolution ``r`` of the layered product: ``Ω_r = Ω_{r-1} + group r``, all row blocks.
 
@@ -123,6 +127,9 @@ def layer_resolution(
     following : FollowingResolution or None
         The next resolution, whose blocks are submitted now, each to follow the block of
         the same rows (None after the last resolution).
+    earlier : tuple of (str, str)
+        The estimates of resolutions ``1 .. r-2`` (staged file and final name), where this
+        is the last resolution and its blocks are submitted now (else unused).
 
     Returns
     -------
@@ -135,9 +142,11 @@ def layer_resolution(
         if submitted is not None:
             submitted.cancel()
         return deadline_state(f"resolution {resolution}", deadline)
-    blocks = submitted or submit(_block_calls(job, resolution, previous, out), pinned=True)
+    blocks = submitted or submit(_block_calls(job, resolution, previous, out, earlier),
+                                 pinned=True)
     ahead = None if following is None else submit(
-        _block_calls(job, resolution + 1, following.previous, following.out), after=blocks)
+        _block_calls(job, resolution + 1, following.previous, following.out,
+                     following.earlier), after=blocks)
     outcomes = collect(blocks, deadline)
     if outcomes is None:
         if ahead is not None:
@@ -147,9 +156,10 @@ def layer_resolution(
 
 
 def _block_calls(job: MatmulJob, resolution: int, previous: tuple[str, str] | None,
-                 out: StagedResolution) -> list[Call]:
+                 out: StagedResolution, earlier: tuple[tuple[str, str], ...] = ()
+                 ) -> list[Call]:
     return [Call(f"resolution-{resolution}-rows-{a}-{b}", layer_block,
-                 (job, resolution, previous, out, (a, b))) for a, b in job.blocks()]
+                 (job, resolution, previous, out, (a, b), earlier)) for a, b in job.blocks()]
 
 
 # ------------------------------------------------------------------------- measuring

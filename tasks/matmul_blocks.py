@@ -124,6 +124,9 @@ class ResolutionOutcome:
     max_abs_error_float64 : float or None
         ``max |W @ X - Ω_r|`` against the float64 one-shot product of the operands as
         given, measured with ``max_abs_error``; None until then.
+    earlier_errors : tuple of float, or None
+        At an exact last resolution (see :func:`layer_block`): ``max |Ω_R - Ω_r|`` of
+        every earlier resolution ``r``, which are both errors then; else None.
     """
 
     resolution: int
@@ -135,11 +138,14 @@ class ResolutionOutcome:
     exact: bool
     task_s: float = 0.0
     max_abs_error_float64: float | None = None
+    earlier_errors: tuple[float, ...] | None = None
 
     @classmethod
     def combine(cls, blocks: Sequence[ResolutionOutcome], task_s: float) -> ResolutionOutcome:
         """The outcome of a whole resolution from those of its row blocks (errors are
-        measured after the layering, so none is known yet)."""
+        measured after the layering, so none is known yet, unless every block of an exact
+        last resolution measured those of the earlier ones)."""
+        earlier = [b.earlier_errors for b in blocks]
         return cls(
             resolution=blocks[0].resolution,
             bound=max(b.bound for b in blocks),
@@ -149,6 +155,8 @@ class ResolutionOutcome:
             flops=sum(b.flops for b in blocks),
             exact=all(b.exact for b in blocks),
             task_s=task_s,
+            earlier_errors=None if any(e is None for e in earlier) else tuple(
+                max(errors) for errors in zip(*earlier, strict=True)),
         )
 
 
@@ -303,7 +311,18 @@ _KEPT_ENTRIES = 1024
 def layer_block(
     job: MatmulJob, resolution: int, previous: tuple[str, str] | None,
     out: StagedResolution, rows: tuple[int, int],
+    earlier: tuple[tuple[str, str], ...] = (),
 ) -> ResolutionOutcome:
+    """Resolution ``resolution`` of rows ``start:stop``: ``Ω_r = Ω_{r-1} + group r``,
+    written into ``out``.
+
+    At the last resolution of a job whose float64 one-shot product is exact
+    (``job.float64_exact``), rows whose bound is 0 are that product (of the truncated
+    operands too, since none truncates): their outcome carries ``max |Ω_R - Ω_r|`` of
+    every earlier resolution, from ``earlier`` (resolutions ``1 .. R-2``, as ``(staged,
+    final)`` names like ``previous``) and ``previous``, which are their errors against
+    both one-shot products, measured here at the cost of reading them.
+    """
     split_key, x_stamp = _split_key(job, rows), file_stamp(job.x.path)
     w, _ = _w_rows(job, split_key)
     x, _ = _x_split(job.x, job.px, x_stamp)
@@ -320,6 +339,12 @@ def layer_block(
         while len(_KEPT) > _KEPT_ENTRIES:
             _KEPT.popitem(last=False)
     _trim(split_key)  # the block's kernel conversions may have grown its split
+    earlier_errors = None
+    if (job.float64_exact and resolution == job.order.resolutions
+            and len(earlier) == max(0, resolution - 2) and res.max_bound == 0):
+        estimates = [_previous_rows(names, rows) for names in earlier]
+        earlier_errors = tuple(_max_abs_difference(res.estimate, e)
+                               for e in [*estimates, *([] if prev is None else [prev])])
     try:
         write_rows(out.estimate, rows, res.estimate)
         write_rows(out.bound, rows, res.bound)
@@ -330,5 +355,6 @@ def layer_block(
         # already (the same values); a staged file missing otherwise fails the commit.
         pass
     return ResolutionOutcome(
-        resolution, res.max_bound, res.static_bound, None, res.bit_ops, res.flops, res.exact
+        resolution, res.max_bound, res.static_bound, None, res.bit_ops, res.flops, res.exact,
+        earlier_errors=earlier_errors,
     )

@@ -392,7 +392,10 @@ def test_two_runs_write_one_store_at_once_and_a_second_writer_of_a_run_is_refuse
 ):
     blocks.set_delay(0.3)
     store, address = tmp_path / "runs", delayed_cluster.address
-    longer = (384, *SHAPE[1:])  # still running when the second run starts
+    # still running when the second writer starts: its blocks take 0.3 s each, 3 x 24 of
+    # them on two workers (with 384 rows the run ended first at times, its resolutions now
+    # being faster than this test's in-process flow run took to start)
+    longer = (768, *SHAPE[1:])
     first = subprocess.Popen(
         cli_command("run", "matmul", *shape_args(8, longer), "--run-id", "first", "--store", store,
                     "--address", address),

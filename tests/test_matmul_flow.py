@@ -5,6 +5,7 @@ directly, and every persisted bound is checked against an independent exact one-
 product computed here in integer arithmetic.
 """
 
+import dataclasses
 import importlib
 import json
 import shutil
@@ -194,6 +195,25 @@ def test_errors_against_an_exact_final_resolution_equal_those_against_the_produc
         assert [e[0] for e in measured] == [
             float(np.max(np.abs(exact[a:b] - r.estimate[a:b]))) for r in direct]
     assert measured[-1] == (0.0, 0.0)
+    # the last resolution's blocks measure the same, as they compute it
+    from layered.tasks.matmul_blocks import ResolutionOutcome, StagedResolution, layer_block
+
+    last = len(direct)
+    staged = StagedResolution(str(tmp_path / "e.npy"), str(tmp_path / "b.npy"))
+    for path in (staged.estimate, staged.bound):
+        np.save(path, np.zeros((24, 5)))
+    earlier = tuple((p, p) for p in paths[:-2])
+    outcomes = [layer_block(job, last, (paths[-2], paths[-2]), staged, rows, earlier)
+                for rows in job.blocks()]
+    combined = ResolutionOutcome.combine(outcomes, 0.0)
+    assert combined.earlier_errors == tuple(
+        float(np.max(np.abs(exact - r.estimate))) for r in direct[:-1])
+    # ... only where the float64 product is exact, and given every earlier estimate
+    inexact = dataclasses.replace(job, float64_exact=False)
+    assert layer_block(inexact, last, (paths[-2], paths[-2]), staged, (0, 10),
+                       earlier).earlier_errors is None
+    assert layer_block(job, last, (paths[-2], paths[-2]), staged, (0, 10),
+                       earlier[1:]).earlier_errors is None
 
 
 def test_calls_chained_after_others_wait_for_all_of_them_on_each_worker(
