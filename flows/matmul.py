@@ -52,8 +52,6 @@ from layered.data.operands import (
 from layered.data.store import Run, RunStore, new_run_id
 from layered.flows import lifecycle
 from layered.flows.lifecycle import Stop
-from layered.layering import Partition
-from layered.layering.product import float64_exact, truncation_bound
 from layered.request import (
     MatmulRequest,
     MatmulSpec,
@@ -155,13 +153,17 @@ def matmul_flow(
     # what is left of it at the end overlaps the error measurement and the plots.
     with lifecycle.running(runs, run_id, "matmul", spec.parameters, started_at,
                            deadline_at) as run, lifecycle.Publisher() as ui:
+        # The layering's clock starts with the operands' split, which resolution 1 needs
+        # (as in layered_matmul, whose first resolution splits them).
+        clock = lifecycle.Clock(run.completed_resolutions())
         prepared = _prepare(run, spec, settings, deadline_at, (kernel, device))
         if isinstance(prepared, Stop):
             stop = prepared
         else:
-            stop = _layer_resolutions(run, prepared, tolerance, deadline_at, ui)
+            job, first = prepared
+            stop = _layer_resolutions(run, job, tolerance, deadline_at, ui, clock, first)
             if flops_affordable(spec.shape, settings.error_check_limit):
-                _measure_errors(run, prepared, ui)
+                _measure_errors(run, job, ui)
         return lifecycle.finish(run, runs, stop, plot=report.plot_matmul,
                                 summarize=matmul_summary, fields=SUMMARY_FIELDS)
 
@@ -172,12 +174,15 @@ def _tuple(values: list[Any] | None) -> tuple[Any, ...] | None:
 
 def _layer_resolutions(
     run: Run, job: MatmulJob, tolerance: float | None, deadline_at: float | None,
-    ui: lifecycle.Publisher,
+    ui: lifecycle.Publisher, clock: lifecycle.Clock,
+    first: tuple[StagedResolution, Submitted] | None = None,
 ) -> Stop:
-    """The loop of the method: layer, persist, decide, repeat. Returns why it stopped."""
+    """The loop of the method: layer, persist, decide, repeat. Returns why it stopped.
+
+    ``first``: resolution 1's staged files and its blocks, submitted by the operand
+    preparation."""
     total = job.order.resolutions
     entries = run.completed_resolutions()
-    clock = lifecycle.Clock(entries)
     key = report.artifact_key("matmul", run.run_id)
     # The store's commits (an fsync of each array) run off the layering's path, in order
     # on their own thread; leaving the block waits for them.
@@ -194,8 +199,8 @@ def _layer_resolutions(
                      (run.array_path(e["files"]["estimate"]) for e in entries)]
         previous = estimates[-1] if estimates else None
         persisted: Future[None] | None = None
-        staged = _stage(run, job, len(entries) + 1)
-        ahead: Submitted | None = None  # this resolution's blocks, if submitted already
+        # this resolution's staged files and its blocks, if submitted already
+        staged, ahead = first or (_stage(run, job, len(entries) + 1), None)
         for resolution in range(len(entries) + 1, total + 1):
             final = (staged.estimate, run.array_path(_files(resolution)["estimate"]))
             # The next resolution's blocks are submitted with this one's, each behind the
@@ -330,43 +335,34 @@ def _persist(run: Run, entry: dict[str, Any], staged: StagedResolution) -> None:
 def _prepare(
     run: Run, spec: MatmulSpec, settings: Settings, deadline_at: float | None,
     kernel: tuple[str, str | None] = ("auto", None),
-) -> MatmulJob | Stop:
-    """Operands on disk, split on the workers (once per run; the flags found recorded)."""
+) -> tuple[MatmulJob, tuple[StagedResolution, Submitted] | None] | Stop:
+    """Operands on disk, split on the workers (once per run; the flags found recorded),
+    with resolution 1's blocks submitted to follow the split: the job, and resolution 1's
+    staged files and blocks where submitted."""
     w, x = _operand_sources(run, spec)
     job = MatmulJob(w, x, spec.pw, spec.px, spec.order, block_rows=settings.block_rows,
-                    kernel=kernel[0], device=kernel[1])
+                    kernel=kernel[0], device=kernel[1], max_abs=spec.max_abs)
     prepared = run.manifest["prepared"]
+    first = None
     if "split" not in prepared and "digits" not in prepared:  # "digits": older runs
+        staged = _stage(run, job, 1)
         outcome = lifecycle.run_task(
-            prepare_operands, job, deadline_at, what="the operand preparation", run=run,
+            prepare_operands, job, deadline_at, staged, what="the operand preparation",
+            run=run,
         )
         if isinstance(outcome, Stop):
             return outcome
+        flags, ahead = outcome
         ended_at = time.time()
-        run.record_prepared("split", {"off_grid": list(outcome)})
+        run.record_prepared("split", {"off_grid": list(flags)})
         if deadline_at is not None and ended_at >= deadline_at:  # kept for a resume
+            if ahead is not None:
+                ahead.cancel()
             return Stop("deadline", ended_at, Cancelled(
                 message="deadline passed during the operand preparation; stopped"))
+        first = None if ahead is None else (staged, ahead)
     off_w, off_x = run.manifest["prepared"].get("split", prepared.get("digits"))["off_grid"]
-    return dataclasses.replace(
-        job,
-        truncation=truncation_bound(
-            spec.shape[1], _coarsest_step(spec.pw) if off_w else 0.0,
-            _coarsest_step(spec.px) if off_x else 0.0, *spec.max_abs,
-        ),
-        float64_exact=not (off_w or off_x) and float64_exact(
-            spec.shape[1], _finest_step(spec.pw), _finest_step(spec.px), *spec.max_abs),
-    )
-
-
-def _coarsest_step(p: Partition) -> float:
-    """The finest grid step of the coarsest row or column: what truncation may drop."""
-    return math.ldexp(1.0, p.points[-1] + max(p.offsets or (0,)))
-
-
-def _finest_step(p: Partition) -> float:
-    """The finest grid step of any row or column: values on the grid are its multiples."""
-    return math.ldexp(1.0, p.points[-1] + min(p.offsets or (0,)))
+    return job.on_grids(off_w, off_x), first
 
 
 def _operand_sources(run: Run, spec: MatmulSpec) -> tuple[ArraySource, ArraySource]:

@@ -86,8 +86,8 @@ def fan_out(
     return collect(submit(calls, pinned), deadline)
 
 
-def submit(calls: Sequence[Call], pinned: bool = False, after: Submitted | None = None
-           ) -> Submitted:
+def submit(calls: Sequence[Call], pinned: bool = False, after: Submitted | None = None,
+           after_all: Submitted | None = None) -> Submitted:
     """Submit every call to the cluster (see :func:`fan_out` for ``pinned``).
 
     With ``after`` (as many calls, submitted before), call ``i`` starts once call ``i`` of
@@ -99,22 +99,27 @@ def submit(calls: Sequence[Call], pinned: bool = False, after: Submitted | None 
     it starts on the next step (without priorities, Dask ran each follower as soon as
     its predecessor ended, ahead of the earlier step's remaining blocks, which delayed
     that step's end by up to half its length).
+
+    With ``after_all`` instead, every call starts once all calls of ``after_all`` have
+    finished, and gets their results, in order, as its last argument (pinned like them).
     """
     if after is not None and len(after.futures) != len(calls):
         raise ValueError(f"{len(calls)} calls cannot follow {len(after.futures)} calls one"
                          " to one")
     client = _client()
     token = uuid.uuid4().hex[:8]  # distinct keys for concurrent runs on one cluster
-    if after is not None:
-        workers = after.workers  # the same workers, and no round trip to ask for them
+    before = after or after_all
+    if before is not None:
+        workers = before.workers  # the same workers, and no round trip to ask for them
     else:
         workers = sorted(client.scheduler_info(n_workers=-1)["workers"]) if pinned else []
-    priority = 0 if after is None else after.priority - 1
+    priority = 0 if before is None else before.priority - 1
     futures = []
     for i, c in enumerate(calls):
         # A chained call is a light wrapper (no Prefect to import on the worker).
-        fn, args = ((c.fn, c.args) if after is None
-                    else (chain.after, (c.fn, c.args, after.futures[i])))
+        fn, args = ((chain.after, (c.fn, c.args, after.futures[i])) if after is not None
+                    else (chain.after_all, (c.fn, c.args, after_all.futures))
+                    if after_all is not None else (c.fn, c.args))
         futures.append(client.submit(
             fn, *args, key=f"{c.label}-{token}",
             workers=[workers[i % len(workers)]] if workers else None,

@@ -41,6 +41,7 @@ from layered.tasks.matmul_blocks import (
     StagedResolution,
     error_block,
     layer_block,
+    layer_split_block,
     split_rows,
 )
 
@@ -61,26 +62,36 @@ STOP_REASONS = ("completed", "deadline", "tolerance")
 
 # --------------------------------------------------------------------------- prepare
 @task(task_run_name="prepare-operands", cache_policy=NO_CACHE)
-def prepare_operands(job: MatmulJob, deadline: float | None) -> tuple[bool, bool] | State:
+def prepare_operands(job: MatmulJob, deadline: float | None,
+                     first: StagedResolution | None = None
+                     ) -> tuple[tuple[bool, bool], Submitted | None] | State:
     """Split W's row blocks (and X) on the workers that will run their resolutions.
 
     Each block lands where :func:`layer_resolution` will send it (``pinned``), which keeps
-    the split in memory; nothing is written to disk.
+    the split in memory; nothing is written to disk. With ``first`` (the staged files of
+    resolution 1), resolution 1's blocks are submitted too, each to start once every
+    split is done (they take the truncation bound from what the splits found): the
+    workers go on while the flow records the preparation.
 
     Returns
     -------
-    (bool, bool) or State
-        Whether W and X had values off their partitions' grids, or Cancelled if the
-        deadline passed.
+    ((bool, bool), Submitted or None) or State
+        Whether W and X had values off their partitions' grids, and resolution 1's blocks
+        (with ``first``); or Cancelled, every block cancelled, if the deadline passed.
     """
-    results = fan_out(
-        [Call(f"split-rows-{a}-{b}", split_rows, (job, (a, b))) for a, b in job.blocks()],
-        deadline,
-        pinned=True,
-    )
+    if deadline is not None and time.time() >= deadline:
+        return deadline_state("the operand preparation", deadline)
+    splits = submit([Call(f"split-rows-{a}-{b}", split_rows, (job, (a, b)))
+                     for a, b in job.blocks()], pinned=True)
+    ahead = None if first is None else submit(
+        [Call(f"resolution-1-rows-{a}-{b}", layer_split_block, (job, first, (a, b)))
+         for a, b in job.blocks()], after_all=splits)
+    results = collect(splits, deadline)
     if results is None:
+        if ahead is not None:
+            ahead.cancel()
         return deadline_state("the operand preparation", deadline or 0.0)
-    return any(w for w, _ in results), any(x for _, x in results)
+    return (any(w for w, _ in results), any(x for _, x in results)), ahead
 
 
 # ------------------------------------------------------------------------ resolutions

@@ -18,7 +18,9 @@ The arithmetic is :func:`layered.layering.resolution_block`; nothing here comput
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from layered.layering import (
     prepare_block,
     resolution_block,
 )
+from layered.layering.product import float64_exact, truncation_bound
 from layered.tasks.kernels import worker_kernel
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "ResolutionOutcome",
     "split_rows",
     "layer_block",
+    "layer_split_block",
     "error_block",
 ]
 
@@ -63,6 +67,8 @@ class MatmulJob:
     float64_exact : bool
         Whether the float64 one-shot ``W @ X`` is exact (operands on their grids, and
         small enough: :func:`~layered.layering.product.float64_exact`).
+    max_abs : (float, float)
+        ``max |W|`` and ``max |X|``, which :meth:`on_grids` takes the two above from.
     reuse : str
         Product plan of every block (see :mod:`layered.layering.plan`); a block keeps the
         products it computed early on its worker until the resolution that adds them.
@@ -79,6 +85,7 @@ class MatmulJob:
     block_rows: int
     truncation: float = 0.0
     float64_exact: bool = False
+    max_abs: tuple[float, float] = (0.0, 0.0)
     reuse: str = "auto"
     kernel: str = "auto"
     device: str | None = None
@@ -86,6 +93,19 @@ class MatmulJob:
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.w.shape[0], self.w.shape[1], self.x.shape[1]
+
+    def on_grids(self, off_w: bool, off_x: bool) -> MatmulJob:
+        """This job with the truncation bound and float64 exactness of operands that have
+        values off their partitions' grids (``off_w``, ``off_x``) or not."""
+        k = self.shape[1]
+        return dataclasses.replace(
+            self,
+            truncation=truncation_bound(
+                k, _coarsest_step(self.pw) if off_w else 0.0,
+                _coarsest_step(self.px) if off_x else 0.0, *self.max_abs),
+            float64_exact=not (off_w or off_x) and float64_exact(
+                k, _finest_step(self.pw), _finest_step(self.px), *self.max_abs),
+        )
 
     def blocks(self, rows: int | None = None) -> list[tuple[int, int]]:
         """Row ranges ``(start, stop)`` covering ``rows`` (default: W's rows)."""
@@ -158,6 +178,16 @@ class ResolutionOutcome:
             earlier_errors=None if any(e is None for e in earlier) else tuple(
                 max(errors) for errors in zip(*earlier, strict=True)),
         )
+
+
+def _coarsest_step(p: Partition) -> float:
+    """The finest grid step of the coarsest row or column: what truncation may drop."""
+    return math.ldexp(1.0, p.points[-1] + max(p.offsets or (0,)))
+
+
+def _finest_step(p: Partition) -> float:
+    """The finest grid step of any row or column: values on the grid are its multiples."""
+    return math.ldexp(1.0, p.points[-1] + min(p.offsets or (0,)))
 
 
 # --------------------------------------------------------------------------- blocks
@@ -283,6 +313,15 @@ def error_block(job: MatmulJob, estimates: tuple[str, ...], rows: tuple[int, int
         errors.append((error if truncated is given else
                        _max_abs_difference(truncated, estimate), error))
     return errors
+
+
+def layer_split_block(job: MatmulJob, out: StagedResolution, rows: tuple[int, int],
+                      splits: Sequence[tuple[bool, bool]]) -> ResolutionOutcome:
+    """Resolution 1 of rows ``start:stop`` (:func:`layer_block`), run after every block of
+    the operand preparation (:func:`split_rows`), whose ``(off W's grid, off X's grid)``
+    give the job its truncation bound."""
+    on_grids = job.on_grids(any(w for w, _ in splits), any(x for _, x in splits))
+    return layer_block(on_grids, 1, None, out, rows)
 
 
 def _previous_rows(previous: tuple[str, str], rows: tuple[int, int]) -> np.ndarray:

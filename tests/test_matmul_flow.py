@@ -233,6 +233,38 @@ def test_calls_chained_after_others_wait_for_all_of_them_on_each_worker(
         assert steps == sorted(steps), steps
 
 
+def test_calls_submitted_after_all_of_a_step_get_its_results_once_it_ended(
+    local_cluster_address, tmp_path
+):
+    from distributed import Client
+
+    with Client(local_cluster_address, set_as_default=False) as client:
+        client.run(importlib.import_module, "layered.tasks.fanout")
+        client.run(importlib.import_module, "layered.task_runner")
+        first, second = client.submit(_step_after_all, pure=False).result(timeout=60)
+    ended = max(end for _, end in first)
+    assert [value for value, _ in first] == [0, 10, 20, 30]
+    for i, (results, started) in enumerate(second):
+        assert results == [value for value, _ in first] and started >= ended, i
+
+
+def _step_after_all():
+    import time as clock
+
+    from layered.tasks.fanout import Call, collect, submit
+
+    def block(i):
+        clock.sleep(0.05 * (i % 2))
+        return 10 * i, clock.time()
+
+    def follower(i, results):
+        return [value for value, _ in results], clock.time()
+
+    first = submit([Call(f"first-{i}", block, (i,)) for i in range(4)], pinned=True)
+    second = submit([Call(f"second-{i}", follower, (i,)) for i in range(4)], after_all=first)
+    return collect(first, None), collect(second, None)
+
+
 def _two_steps_logged(directory):
     import os
     import time as clock
