@@ -117,9 +117,11 @@ def submit(calls: Sequence[Call], pinned: bool = False, after: Submitted | None 
     futures = []
     for i, c in enumerate(calls):
         # A chained call is a light wrapper (no Prefect to import on the worker).
-        fn, args = ((chain.after, (c.fn, c.args, after.futures[i])) if after is not None
-                    else (chain.after_all, (c.fn, c.args, after_all.futures))
-                    if after_all is not None else (c.fn, c.args))
+        fn, args = c.fn, c.args
+        if after is not None:
+            fn, args = chain.after, (c.fn, c.args, after.futures[i])
+        elif after_all is not None:
+            fn, args = chain.after_all, (c.fn, c.args, after_all.futures)
         futures.append(client.submit(
             fn, *args, key=f"{c.label}-{token}",
             workers=[workers[i % len(workers)]] if workers else None,
