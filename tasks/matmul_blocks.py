@@ -386,7 +386,10 @@ def layer_block(
                                for e in [*estimates, *([] if prev is None else [prev])])
     try:
         write_rows(out.estimate, rows, res.estimate)
-        write_rows(out.bound, rows, res.bound)
+        # A staged file reads as zeros where nothing was written (it is sparse): a bound
+        # of 0 (an exact last resolution) costs no write, and its commit no disk.
+        if np.any(res.bound):
+            write_rows(out.bound, rows, res.bound)
     except FileNotFoundError:
         # The store committed this resolution (moved its staged files) after collecting
         # every block: Dask runs a block again when its result was lost with a worker

@@ -163,7 +163,9 @@ def test_a_block_run_again_after_its_resolution_was_committed_writes_nothing(tmp
     assert not Path(staged.estimate).exists()
 
 
-def test_errors_against_an_exact_final_resolution_equal_those_against_the_products(tmp_path):
+def test_errors_against_an_exact_final_resolution_equal_those_against_the_products(
+    tmp_path, monkeypatch
+):
     """On integer operands whose float64 product is exact, the final resolution (bound 0)
     is that product: measured against it, the errors are those the reference products
     give, and those of an independent exact product."""
@@ -196,16 +198,24 @@ def test_errors_against_an_exact_final_resolution_equal_those_against_the_produc
             float(np.max(np.abs(exact[a:b] - r.estimate[a:b]))) for r in direct]
     assert measured[-1] == (0.0, 0.0)
     # the last resolution's blocks measure the same, as they compute it
+    from layered.data.store import write_empty_npy, write_rows
+    from layered.tasks import matmul_blocks as blocks
     from layered.tasks.matmul_blocks import ResolutionOutcome, StagedResolution, layer_block
 
     last = len(direct)
     staged = StagedResolution(str(tmp_path / "e.npy"), str(tmp_path / "b.npy"))
     for path in (staged.estimate, staged.bound):
-        np.save(path, np.zeros((24, 5)))
+        write_empty_npy(path, (24, 5), "<f8")
     earlier = tuple((p, p) for p in paths[:-2])
+    written = []
+    monkeypatch.setattr(blocks, "write_rows", lambda path, *args: written.append(path)
+                        or write_rows(path, *args))
     outcomes = [layer_block(job, last, (paths[-2], paths[-2]), staged, rows, earlier)
                 for rows in job.blocks()]
     combined = ResolutionOutcome.combine(outcomes, 0.0)
+    # its bound of 0 was not written: the (sparse) staged file still reads as zeros
+    assert np.array_equal(np.load(staged.estimate), direct[-1].estimate)
+    assert set(written) == {staged.estimate} and not np.load(staged.bound).any()
     assert combined.earlier_errors == tuple(
         float(np.max(np.abs(exact - r.estimate))) for r in direct[:-1])
     # ... only where the float64 product is exact, and given every earlier estimate
