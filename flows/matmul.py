@@ -211,7 +211,8 @@ def _layer_resolutions(
             )
             outcome = lifecycle.run_task(
                 layer_resolution, job, resolution, previous, staged, deadline_at, ahead,
-                following, tuple(estimates[:-1]), what=f"resolution {resolution}", run=run,
+                following, tuple(estimates[:-1]) if resolution == total else (),
+                what=f"resolution {resolution}", run=run,
             )
             if isinstance(outcome, Stop):
                 return outcome

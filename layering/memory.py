@@ -1,4 +1,5 @@
-"""Large result arrays whose pages are reused once nobody holds them.
+"""How a process gets its memory: large result arrays whose pages are reused once nobody
+holds them, and (for Dask workers) glibc's and numpy's page policies.
 
 A resolution writes fresh full-size arrays: its products, its estimate and its bound.
 Fresh pages are expensive here. Every page is zeroed by the kernel on first touch, and
