@@ -21,7 +21,10 @@ Prints, in one run (each ``layered`` invocation a fresh process, as a user would
    ends at the manifest's ``stopped_at`` instead (without the error measurement, the
    plots and the flow's end); and "flow run start and end", the flow wall minus the flow
    body (its first line to its outcome recorded): Prefect's start and end of the flow run
-   and the summary artifact, which no run can go below;
+   and the summary artifact; and the flow wall of an 8 x 8 x 8 run, whose compute is next
+   to nothing: the fixed cost of a run of three resolutions (its flow run, task runs,
+   persistence), over the compute of each shape, is the lowest overhead a run of that
+   shape could show;
 4. the default ``layered run mnist`` end to end on an existing home (its model trained
    once first, not timed).
 
@@ -35,8 +38,8 @@ Usage::
 
 ``--parts`` measures only some figures (to iterate quickly): ``new`` and ``existing`` the
 first two end-to-end runs, ``mnist`` the mnist run, ``kept`` the runs with the server kept
-up (end to end, per resolution, overhead at the default shape), ``large`` the overhead at
-4096 x 4096 x 1024 (with the server kept up).
+up (end to end, per resolution, overhead at the default shape, the 8 x 8 x 8 run),
+``large`` the overhead at 4096 x 4096 x 1024 (with the server kept up).
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ from layered.settings import Settings
 LAYERED = str(Path(sys.executable).with_name("layered"))
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 LARGE = (4096, 4096, 1024)
+#: A run with next to no compute (its blocks take about a millisecond): its flow wall is
+#: what every run of three resolutions pays, whatever its size.
+FLOOR = (8, 8, 8)
 PARTS = ("new", "existing", "mnist", "kept", "large")
 
 
@@ -168,6 +174,7 @@ def main() -> None:
     overhead: dict[tuple[int, int, int], list[float]] = {default: [], LARGE: []}
     layering: dict[tuple[int, int, int], list[float]] = {default: [], LARGE: []}
     engine: list[float] = []
+    floor: list[float] = []
     computes: dict[tuple[int, int, int], list[float]] = {default: [], LARGE: []}
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items()
@@ -207,6 +214,7 @@ def main() -> None:
                     engine.append(ran["engine_s"])
                     overhead[shape].append((ran["flow_s"] - compute) / compute)
                     layering[shape].append((ran["layering_s"] - compute) / compute)
+                floor.append(timed_run([*matmul, "--shape", *map(str, FLOOR)], env)["flow_s"])
         finally:
             if shapes:
                 subprocess.run([LAYERED, "server", "stop"], env=env, capture_output=True)
@@ -229,6 +237,11 @@ def main() -> None:
         ("  until the last resolution, 4096x4096x1024", median_of(layering[LARGE]), "-"),
         ("  until the last resolution, 2048x2048x512", median_of(layering[default]), "-"),
         ("  flow run start and end, kept up (ms)", 1000 * median_of(engine), "-"),
+        ("  flow wall of an 8x8x8 run, kept up (ms)", 1000 * median_of(floor), "-"),
+        ("  that over compute, 4096x4096x1024", median_of(floor) / median_of(computes[LARGE]),
+         "-"),
+        ("  that over compute, 2048x2048x512", median_of(floor) / median_of(computes[default]),
+         "-"),
     ]
     print(f"repeats {args.repeats} (medians); end to end = the command's process, start to exit;"
           f" parts {','.join(p for p in PARTS if p in args.parts)}")
@@ -236,7 +249,8 @@ def main() -> None:
     for name, value, target in lines:
         if math.isnan(value):
             continue
-        shown = f"{value:.0%}" if "overhead" in name or "until" in name else f"{value:.2f}"
+        shown = (f"{value:.0%}" if "overhead" in name or "until" in name or "over" in name
+                 else f"{value:.2f}")
         print(f"{name:46s} {shown:>10s} {target:>8s}")
     if orchestration:
         print("orchestration per resolution (ms), each:"
@@ -256,6 +270,7 @@ def main() -> None:
     if args.json:
         results.update(fresh=fresh, existing=existing, kept=kept, mnist=mnist_runs,
                        orchestration_s=orchestration, flow_run_start_end_s=engine,
+                       floor_flow_s=floor,
                        overhead={"x".join(map(str, k)): v for k, v in overhead.items()},
                        overhead_until_last_resolution={
                            "x".join(map(str, k)): v for k, v in layering.items()},

@@ -305,16 +305,13 @@ def _run_matmul(args: argparse.Namespace, settings: Settings) -> int:
         check_room(spec, settings.store)
     kernel = run_kernel(args.kernel, args.device, math.prod(spec.shape), settings)
 
-    def flow_call(flow: Any) -> Any:
-        return flow(
-            shape=args.shape, seed=args.seed, operands=args.operands, bits=args.bits,
-            partition=args.partition, ordering=args.ordering, deadline=args.deadline,
-            tolerance=args.tolerance, store=str(settings.store), run_id=run_id,
-            block_rows=settings.block_rows, kernel=kernel, device=args.device,
-            return_state=True,
-        )
-
-    return _run_pipeline("matmul", flow_call, settings, run_id, args.json,
+    parameters = dict(
+        shape=args.shape, seed=args.seed, operands=args.operands, bits=args.bits,
+        partition=args.partition, ordering=args.ordering, deadline=args.deadline,
+        tolerance=args.tolerance, store=str(settings.store), run_id=run_id,
+        block_rows=settings.block_rows, kernel=kernel, device=args.device,
+    )
+    return _run_pipeline("matmul", parameters, settings, run_id, args.json,
                          warm_kernel=kernel != "numpy")
 
 
@@ -339,15 +336,12 @@ def _run_mnist(args: argparse.Namespace, settings: Settings) -> int:
 
     kernel = run_kernel(args.kernel, args.device, spec.work, settings)
 
-    def flow_call(flow: Any) -> Any:
-        return flow(
-            data_dir=str(spec.data_dir), task=spec.task, rule=spec.rule, model=args.model,
-            deadline=args.deadline, samples=args.samples, chunk_size=args.chunk_size,
-            store=str(settings.store), run_id=run_id, kernel=kernel, device=args.device,
-            return_state=True,
-        )
-
-    return _run_pipeline("mnist", flow_call, settings, run_id, args.json,
+    parameters = dict(
+        data_dir=str(spec.data_dir), task=spec.task, rule=spec.rule, model=args.model,
+        deadline=args.deadline, samples=args.samples, chunk_size=args.chunk_size,
+        store=str(settings.store), run_id=run_id, kernel=kernel, device=args.device,
+    )
+    return _run_pipeline("mnist", parameters, settings, run_id, args.json,
                          warm_kernel=kernel != "numpy")
 
 
@@ -361,12 +355,10 @@ def _run_train(args: argparse.Namespace, settings: Settings) -> int:
     run_id = args.run_id or new_run_id("train")
     RunStore(settings.store).check_resumable(run_id, kind="train", parameters=spec.parameters)
 
-    def flow_call(flow: Any) -> Any:
-        return flow(data_dir=str(spec.data_dir), task=spec.task, out=str(spec.out),
-                    samples=args.samples, epochs=args.epochs, store=str(settings.store),
-                    run_id=run_id, return_state=True)
-
-    state = _run_flow("layered.flows.train", "train_flow", flow_call, settings)
+    parameters = dict(data_dir=str(spec.data_dir), task=spec.task, out=str(spec.out),
+                      samples=args.samples, epochs=args.epochs, store=str(settings.store),
+                      run_id=run_id)
+    state = _run_flow("train", parameters, settings)
     summary = state.result() if state.is_completed() else {"run_id": run_id, "status": state.name}
     return _report(summary, state, args.json)
 
@@ -385,7 +377,7 @@ def _report_mnist(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_pipeline(
-    pipeline: str, call: Callable[[Any], Any], settings: Settings, run_id: str,
+    pipeline: str, parameters: dict[str, Any], settings: Settings, run_id: str,
     json_path: Path | None, warm_kernel: bool = False,
 ) -> int:
     """Run ``layered.flows.<pipeline>.<pipeline>_flow``, then report the run's summary as
@@ -395,25 +387,26 @@ def _run_pipeline(
 
     from layered.data.store import RunStore
 
-    module = f"layered.flows.{pipeline}"
-    state = _run_flow(module, f"{pipeline}_flow", call, settings, warm_kernel)
-    summarize = getattr(importlib.import_module(module), f"{pipeline}_summary")
+    state = _run_flow(pipeline, parameters, settings, warm_kernel)
+    summarize = getattr(importlib.import_module(f"layered.flows.{pipeline}"),
+                        f"{pipeline}_summary")
     manifest = RunStore(settings.store).read_manifest(run_id)
     summary = summarize(manifest or {"run_id": run_id, "resolutions": []}, settings.store)
     return _report(summary, state, json_path)
 
 
 def _run_flow(
-    module: str, name: str, call: Callable[[Any], Any], settings: Settings,
-    warm_kernel: bool = False,
+    pipeline: str, parameters: dict[str, Any], settings: Settings, warm_kernel: bool = False,
 ) -> Any:
-    """Find or start the Prefect API and the cluster, then run the flow; return its state.
+    """Find or start the Prefect API and the cluster, then run the flow
+    ``layered.flows.<pipeline>.<pipeline>_flow`` with ``parameters``; return its state.
 
-    The server, the cluster and the import of the flow (and Prefect) start side by side;
-    at the end the cluster closes while the server stops.
+    The server, the cluster and the flow run's preparation (the import of the flow and of
+    Prefect, the API client, the flow run itself: :class:`_PreparedFlowRun`) start side by
+    side; at the end the cluster closes while the server stops.
     """
     from layered.cluster import close_cluster, cluster_client, local_cluster
-    from layered.server import prefect_api, wait_ready
+    from layered.server import prefect_api
 
     if settings.dask_address:  # connected now, and the same client serves the flow
         cluster_client(settings.dask_address, settings.scheduler_timeout_s)
@@ -425,50 +418,135 @@ def _run_flow(
         stack.callback(_send_prefect_logs)  # while the API is still up, on any way out
         _say(f"Prefect API: {api.url} ({api.source})")
         # PREFECT_API_URL is set: Prefect may be imported now, while the server comes up.
-        flow_module = _Background().start(_import_flow_module, module)
+        prepared = _PreparedFlowRun(pipeline, parameters, api, settings.server_timeout_s)
+        stack.callback(prepared.abandon)  # a flow run that never ran is marked Crashed
         address = settings.dask_address
         if address is None:
             cluster = local_cluster(settings, warm_kernel=warm_kernel)
             address = cluster.scheduler_address
             stack.callback(closing.start, close_cluster, cluster)
             cluster_client(address, settings.scheduler_timeout_s)
-        wait_ready(api, settings.server_timeout_s)
-        flows, client = flow_module.join()
-        flow = getattr(flows, name)
+        flow, client, flow_run = prepared.join()
+        from prefect.flow_engine import run_flow
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         from layered.cluster import dask_task_runner
 
         _say(f"ready after {time.perf_counter() - t0:.2f} s; Dask scheduler {address}")
         t1 = time.perf_counter()
+        flow = flow.with_options(task_runner=dask_task_runner(settings, address))
+        flow.flow_run_name = None  # the flow run has its name already
         # No heartbeats: a run that dies is marked Crashed by the run that resumes it, and
         # the engine would wait up to a second at the end for the heartbeat thread. The
-        # engine takes the API client it finds, made while the cluster started.
+        # engine takes the API client it finds entered.
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), client:
-            state = call(flow.with_options(task_runner=dask_task_runner(settings, address)))
+            prepared.started()
+            state: Any = run_flow(flow, flow_run=flow_run, parameters=parameters,
+                                  return_type="state")
         _say(f"flow run {state.name} after {time.perf_counter() - t1:.2f} s")
     _say(f"done after {time.perf_counter() - t0:.2f} s")
     return state
 
 
-def _import_flow_module(module: str) -> tuple[Any, Any]:
-    """Import the flow's module and what Prefect imports on a flow run's first call (the
-    JSON encoder of its parameters, FastAPI's: about 0.4 s) and as its engine starts
-    (:data:`_ENGINE_MODULES`), and make the flow run's API client (its TLS context alone
-    takes 20 ms): here they overlap the cluster's start, in the flow they would hold the
-    interpreter while it fans out its first blocks. Returns the module and the client's
-    context, which the engine takes as it finds it entered."""
-    import importlib
+class _PreparedFlowRun:
+    """The flow run of a command, prepared on a thread while the cluster starts.
 
-    for name in ("fastapi.encoders", *_ENGINE_MODULES):
-        importlib.import_module(name)
-    flows = importlib.import_module(module)
-    for name in _ENGINE_MODELS:  # built on first use (pydantic's deferred build): 10 ms
-        module_name, _, model = name.rpartition(".")
-        getattr(importlib.import_module(module_name), model).model_rebuild()
-    from prefect.context import SyncClientContext
+    Imports the flow's module and what Prefect imports on a flow run's first call (the JSON
+    encoder of its parameters, FastAPI's: about 0.4 s) and as its engine starts
+    (:data:`_ENGINE_MODULES`), makes the API client (its TLS context alone takes 20 ms),
+    waits for the API, checks its version and creates the flow run, named (about 40 ms of
+    round trips): in the flow these would hold the interpreter while it fans out its first
+    blocks, or delay its start. A flow run created for a command that fails before running
+    it is marked Crashed (:meth:`abandon`), not left Pending in the UI.
+    """
 
-    return flows, SyncClientContext()
+    def __init__(self, pipeline: str, parameters: dict[str, Any], api: Any,
+                 timeout_s: float) -> None:
+        self._lock = threading.Lock()
+        self._ran = self._abandoned = False
+        self._flow_run: Any = None
+        self._client: Any = None
+        self._thread = _Background().start(self._prepare, pipeline, parameters, api,
+                                           timeout_s)
+
+    def join(self) -> tuple[Any, Any, Any]:
+        """The flow, the API client's context (to enter around the run) and the flow run."""
+        return self._thread.join()
+
+    def started(self) -> None:
+        """The engine runs the flow run now: never mark it Crashed."""
+        with self._lock:
+            self._ran = True
+
+    def abandon(self) -> None:
+        """Mark the flow run Crashed unless it ran (or it is created later: then there)."""
+        with self._lock:
+            self._abandoned = True
+            if self._ran or self._flow_run is None:
+                return
+        self._crash()
+
+    def _prepare(self, pipeline: str, parameters: dict[str, Any], api: Any,
+                 timeout_s: float) -> tuple[Any, Any, Any]:
+        import importlib
+
+        from layered.server import wait_ready
+
+        for name in ("fastapi.encoders", *_ENGINE_MODULES):
+            importlib.import_module(name)
+        module = importlib.import_module(f"layered.flows.{pipeline}")
+        for name in _ENGINE_MODELS:  # built on first use (pydantic's deferred build): 10 ms
+            module_name, _, model = name.rpartition(".")
+            getattr(importlib.import_module(module_name), model).model_rebuild()
+        from prefect.context import SyncClientContext
+        from prefect.states import Pending
+
+        from layered.tasks import report
+
+        flow = getattr(module, f"{pipeline}_flow")
+        context = SyncClientContext()
+        wait_ready(api, timeout_s)
+        client = context.client
+        # Started here and ended after the run (:meth:`_end`): the engine's entry of the
+        # context only nests in it.
+        client.__enter__()
+        self._client = client
+        client.raise_for_api_version_mismatch_once()
+        flow_run = client.create_flow_run(
+            flow, name=report.run_name(pipeline, parameters.get("run_id")),
+            parameters=flow.serialize_parameters(parameters), state=Pending(),
+        )
+        with self._lock:
+            self._flow_run = flow_run
+            abandoned = self._abandoned
+        if abandoned:
+            self._crash()
+        return flow, _ClientContext(context, client), flow_run
+
+    def _crash(self) -> None:
+        from prefect.states import Crashed
+
+        try:
+            self._client.set_flow_run_state(
+                self._flow_run.id, Crashed(message="the command stopped before the run"),
+                force=True)
+        except Exception:  # the API is gone: the flow run stays Pending
+            pass
+
+
+class _ClientContext:
+    """The API client's context for the run: entering it enters Prefect's (the engine
+    finds it); leaving it also ends the client, started by :class:`_PreparedFlowRun`."""
+
+    def __init__(self, context: Any, client: Any) -> None:
+        self._context, self._client = context, client
+
+    def __enter__(self) -> Any:
+        return self._context.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._context.__exit__(*exc_info)
+        self._client.__exit__(*exc_info)
 
 
 #: What Prefect imports as a flow run starts and as its first task runs (about 25 ms that

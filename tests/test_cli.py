@@ -174,6 +174,35 @@ def test_resuming_a_run_with_other_parameters_is_refused_before_anything_starts(
     assert not (isolated / "prefect-home").exists()
 
 
+def test_a_command_stopped_while_its_cluster_starts_marks_its_flow_run_crashed(
+    capsys, prefect_api, monkeypatch, tmp_path
+):
+    """The flow run is created while the cluster starts: Ctrl-C before it runs leaves it
+    Crashed in the UI, not Pending."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    import layered.cluster
+
+    def interrupted(*_args, **_kwargs):
+        time.sleep(1.0)  # long enough for the flow run to be created, usually
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    monkeypatch.setattr(layered.cluster, "local_cluster", interrupted)
+    run_id = "matmul-stopped-while-starting"
+    code, _, _ = run_main(capsys, "run", "matmul", "--shape", "8", "8", "8", "--store",
+                          str(tmp_path / "runs"), "--run-id", run_id)
+    assert code == 130
+    deadline, states = time.time() + 30, []  # or created after the interrupt, then crashed
+    while time.time() < deadline and states != ["Crashed"]:
+        with get_client(sync_client=True) as client:
+            states = [run.state_name for run in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))]
+        time.sleep(0.2)
+    assert states == ["Crashed"]
+
+
 @pytest.mark.slow
 def test_embedded_default_runs_on_a_fresh_home_with_no_prefect_api(tmp_path):
     """The console script, no PREFECT_API_URL, a new Prefect home: it starts and stops its
