@@ -378,9 +378,10 @@ def layer_block(
         while len(_KEPT) > _KEPT_ENTRIES:
             _KEPT.popitem(last=False)
     _trim(split_key)  # the block's kernel conversions may have grown its split
+    max_bound = res.max_bound  # one pass over the bound (a property, computed per call)
     earlier_errors = None
     if (job.float64_exact and resolution == job.order.resolutions
-            and len(earlier) == max(0, resolution - 2) and res.max_bound == 0):
+            and len(earlier) == max(0, resolution - 2) and max_bound == 0):
         estimates = [_previous_rows(names, rows) for names in earlier]
         earlier_errors = tuple(_max_abs_difference(res.estimate, e)
                                for e in [*estimates, *([] if prev is None else [prev])])
@@ -388,7 +389,7 @@ def layer_block(
         write_rows(out.estimate, rows, res.estimate)
         # A staged file reads as zeros where nothing was written (it is sparse): a bound
         # of 0 (an exact last resolution) costs no write, and its commit no disk.
-        if np.any(res.bound):
+        if max_bound != 0:
             write_rows(out.bound, rows, res.bound)
     except FileNotFoundError:
         # The store committed this resolution (moved its staged files) after collecting
@@ -397,6 +398,6 @@ def layer_block(
         # already (the same values); a staged file missing otherwise fails the commit.
         pass
     return ResolutionOutcome(
-        resolution, res.max_bound, res.static_bound, None, res.bit_ops, res.flops, res.exact,
+        resolution, max_bound, res.static_bound, None, res.bit_ops, res.flops, res.exact,
         earlier_errors=earlier_errors,
     )
