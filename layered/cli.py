@@ -507,15 +507,19 @@ class _PreparedFlowRun:
         context = SyncClientContext()
         wait_ready(api, timeout_s)
         client = context.client
-        # Started here and ended after the run (:meth:`_end`): the engine's entry of the
-        # context only nests in it.
+        # Started here and ended after the run (by :class:`_ClientContext`): the engine's
+        # entry of the context only nests in it.
         client.__enter__()
         self._client = client
-        client.raise_for_api_version_mismatch_once()
-        flow_run = client.create_flow_run(
-            flow, name=report.run_name(pipeline, parameters.get("run_id")),
-            parameters=flow.serialize_parameters(parameters), state=Pending(),
-        )
+        try:
+            client.raise_for_api_version_mismatch_once()
+            flow_run = client.create_flow_run(
+                flow, name=report.run_name(pipeline, parameters.get("run_id")),
+                parameters=flow.serialize_parameters(parameters), state=Pending(),
+            )
+        except BaseException as exc:  # no run to end it after: end it now
+            client.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         with self._lock:
             self._flow_run = flow_run
             abandoned = self._abandoned
